@@ -1,0 +1,62 @@
+"""Sweeps of memory and latency. ``python -m ctxlab.bench <name>`` runs one; see ``__main__``.
+
+Shared pieces live here: a median timer and ``run_point``, which turns an out-of-memory error into
+a recorded "OOM" row so that a sweep goes on.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from ..memory import free_device_memory, is_out_of_memory
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: torch.device | str = "cpu") -> float:
+    """Median wall time of ``fn`` in milliseconds, after ``warmup`` untimed calls."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def run_point(measure: Callable[[], dict], **labels: Any) -> dict:
+    """Run one sweep point; an out-of-memory error becomes ``{"oom": True}`` and the sweep continues."""
+    try:
+        row = {**labels, **measure(), "oom": False}
+    except (RuntimeError, MemoryError) as err:
+        if not (isinstance(err, MemoryError) or is_out_of_memory(err)):
+            raise
+        row = {**labels, "oom": True}
+    free_device_memory()
+    return row
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """A plain text table; OOM rows show 'OOM' in the measured columns."""
+    widths = {c: max(len(c), *(len(_cell(r, c)) for r in rows)) for c in columns}
+    lines = ["  ".join(c.rjust(widths[c]) for c in columns)]
+    lines += ["  ".join(_cell(r, c).rjust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def _cell(row: dict, col: str) -> str:
+    if col not in row:
+        return "OOM" if row.get("oom") else "-"
+    v = row[col]
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,25 @@
+"""``python -m ctxlab.bench <name> [options]``: each name is a module of ctxlab.bench with a ``main``."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SWEEPS = {
+    "attention": "attention memory and latency vs T per backend",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SWEEPS:
+        print("usage: python -m ctxlab.bench {" + ",".join(SWEEPS) + "} [options]")
+        for name, what in SWEEPS.items():
+            print(f"  {name:12s} {what}")
+        if argv and argv[0] not in ("-h", "--help"):
+            raise SystemExit(f"unknown sweep {argv[0]!r}; choose one of {tuple(SWEEPS)}")
+        return
+    importlib.import_module(f"ctxlab.bench.{argv[0]}").main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

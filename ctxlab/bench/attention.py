@@ -1,0 +1,72 @@
+"""Attention memory and latency vs context length: naive attention grows like T^2, fused kernels like T."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..attention import BACKENDS, attention
+from ..memory import measure_peak
+from . import format_table, median_ms, run_point
+
+MIB = 2**20
+
+
+def attention_point(backend: str, seq_len: int, batch: int = 1, heads: int = 4, head_dim: int = 64,
+                    backward: bool = True, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                    repeats: int = 3) -> dict:
+    """Peak memory (MiB) and median latency (ms) of one causal attention call, optionally with backward."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {backend!r}")
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(batch, heads, seq_len, head_dim, generator=gen).to(device, dtype).requires_grad_(backward)
+               for _ in range(3))
+
+    def step() -> None:
+        out = attention(q, k, v, backend=backend, causal=True)
+        if backward:
+            out.backward(torch.ones_like(out))
+            q.grad = k.grad = v.grad = None
+
+    peak = measure_peak(step, device)
+    ms = median_ms(step, repeats=repeats, warmup=1, device=device)
+    return {"peak_mib": peak / MIB, "ms": ms}
+
+
+def sweep(seq_lens: list[int], backends: list[str] | None = None, backward: bool = True, **kw) -> list[dict]:
+    """One row per (backend, T); out-of-memory points are recorded as such and the sweep goes on."""
+    rows = []
+    for backend in backends or list(BACKENDS):
+        for t in seq_lens:
+            rows.append(run_point(lambda: attention_point(backend, t, backward=backward, **kw),
+                                  backend=backend, T=t, pass_="fwd+bwd" if backward else "fwd"))
+    return rows
+
+
+def peak_ratio(rows: list[dict], num: str, den: str, seq_len: int) -> float:
+    """peak(num) / peak(den) at one T (fwd+bwd rows); nan when either point ran out of memory."""
+    def peak(backend: str) -> float:
+        for r in rows:
+            if r["backend"] == backend and r["T"] == seq_len and r["pass_"] == "fwd+bwd" and not r["oom"]:
+                return r["peak_mib"]
+        return float("nan")
+    return peak(num) / peak(den)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ctxlab.bench attention", description=__doc__)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-len", type=int, default=None, help="largest T (default 8192 on CPU, 65536 on GPU)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    max_len = args.max_len or (65536 if args.device == "cuda" else 8192)
+    seq_lens = [2**i for i in range(9, 30) if 2**i <= max_len]
+    rows = []
+    for backward in (False, True):
+        rows += sweep(seq_lens, backward=backward, device=args.device, repeats=args.repeats)
+    print(f"causal attention, B=1, H=4, head_dim=64, fp32, device={args.device}")
+    print(format_table(rows, ["backend", "pass_", "T", "peak_mib", "ms"]))
+    ratio = peak_ratio(rows, "sdpa", "naive", 8192)
+    print(f"sdpa_vs_naive_peak_memory_ratio_T8192={ratio:.4f}")

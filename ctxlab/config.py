@@ -1,0 +1,71 @@
+"""The model's shape and options, validated once so that every module can trust them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .attention import BACKENDS
+from .positions import ROPE_SCALINGS
+
+
+def _require(ok: bool, name: str, allowed: str, value: object) -> None:
+    if not ok:
+        raise ValueError(f"ModelConfig.{name} must be {allowed}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """A small causal GPT. ``n_kv_heads < n_heads`` gives GQA, ``n_kv_heads == 1`` gives MQA."""
+
+    vocab_size: int = 256
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    max_seq_len: int = 1024
+    attention: str = "sdpa"
+    rope_base: float = 10000.0
+    rope_scaling: str = "none"
+    rope_scale: float = 1.0
+    tie_weights: bool = True
+    dropout: float = 0.0
+    mlp_ratio: int = 4
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "mlp_ratio"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                     name, "a positive int", value)
+        _require(self.d_model % self.n_heads == 0, "d_model", f"divisible by n_heads={self.n_heads}", self.d_model)
+        _require(self.n_kv_heads <= self.n_heads and self.n_heads % self.n_kv_heads == 0,
+                 "n_kv_heads", f"a divisor of n_heads={self.n_heads}", self.n_kv_heads)
+        _require(self.head_dim % 2 == 0, "d_model", "such that d_model / n_heads is even (RoPE rotates pairs)",
+                 self.d_model)
+        _require(self.attention in BACKENDS, "attention", f"one of {tuple(BACKENDS)}", self.attention)
+        _require(isinstance(self.rope_base, (int, float)) and self.rope_base > 1, "rope_base", "a number > 1",
+                 self.rope_base)
+        _require(self.rope_scaling in ROPE_SCALINGS, "rope_scaling", f"one of {ROPE_SCALINGS}", self.rope_scaling)
+        _require(isinstance(self.rope_scale, (int, float)) and self.rope_scale >= 1, "rope_scale", "a number >= 1",
+                 self.rope_scale)
+        _require(isinstance(self.tie_weights, bool), "tie_weights", "a bool", self.tie_weights)
+        _require(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "in [0, 1)",
+                 self.dropout)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def replace(self, **changes) -> "ModelConfig":
+        """A validated copy with some fields changed."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"ModelConfig has no field(s) {sorted(unknown)}")
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return ModelConfig(**values)
+
+
+def reference_config(**changes) -> ModelConfig:
+    """The book's reference model: 4 layers, width 256, 4 heads; a training step takes seconds on a CPU."""
+    return ModelConfig(**changes)

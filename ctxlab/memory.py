@@ -1,0 +1,89 @@
+"""Measuring peak memory: the CUDA allocator's counter on GPUs, a tracker of live tensor storage on CPU.
+
+The CPU tracker sees every tensor that an ATen operator returns (activations, saved tensors,
+gradients, optimiser states created inside ``fn``) and when its storage is freed. Scratch buffers
+inside a fused kernel are invisible to it, as they are to a reader of ``torch.cuda.memory_allocated``
+between kernels; process RSS sits a roughly constant amount above (allocator caches, libraries).
+"""
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Any, Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+class LiveStorageTracker(TorchDispatchMode):
+    """Counts bytes of tensor storage created while active and still alive; remembers the peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.live -= nbytes
+
+    def _track(self, t: torch.Tensor) -> None:
+        if t.device.type == "meta":
+            return
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key in self._seen:
+            return
+        nbytes = storage.nbytes()
+        self._seen.add(key)
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, key, nbytes)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+
+def measure_peak(fn: Callable[[], Any], device: torch.device | str | None = None) -> int:
+    """Peak bytes allocated while ``fn()`` runs, above what was allocated before it started.
+
+    ``device`` defaults to CUDA when available. On CUDA this is ``max_memory_allocated`` minus the
+    starting allocation; on CPU it is the peak of :class:`LiveStorageTracker`.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - base)
+    if device.type != "cpu":
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device.type!r}")
+    tracker = LiveStorageTracker()
+    with tracker:
+        fn()
+    return tracker.peak
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for the errors a device raises when an allocation does not fit."""
+    return isinstance(err, torch.OutOfMemoryError if hasattr(torch, "OutOfMemoryError") else RuntimeError) \
+        or "out of memory" in str(err).lower()
+
+
+def free_device_memory() -> None:
+    """Drop cached blocks after an out-of-memory point so the next point starts clean."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,129 @@
+"""A small causal GPT in the style of nanoGPT: pre-norm blocks, RoPE, grouped-query attention.
+
+Read top to bottom: ``CausalSelfAttention``, ``MLP``, ``Block``, ``GPT``. The attention backend,
+the number of k/v heads and weight tying come from ``ModelConfig``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import attention
+from .config import ModelConfig
+from .positions import RotaryEmbedding, apply_rope
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.kv_proj = nn.Linear(cfg.d_model, 2 * cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
+                cache=None, layer: int = 0, start: int = 0) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv_proj(x).view(b, t, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # decode: append this step's k/v and attend over everything cached
+            k, v = cache.write(layer, start, k, v)
+        y = attention(q, k, v, backend=self.cfg.attention, causal=True, mask=mask)
+        return self.dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, -1)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
+        self.down = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
+                cache=None, layer: int = 0, start: int = 0) -> Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, mask, cache, layer, start)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_base)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.head.weight = self.embed.weight  # one tensor, two uses: tying, not summing
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # scaled init of residual projections (GPT-2)
+            if name.endswith(("out_proj.weight", "down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Distinct parameters (a tied matrix counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, tokens: Tensor, targets: Tensor | None = None, positions: Tensor | None = None,
+                mask: Tensor | None = None, cache=None) -> tuple[Tensor, Tensor | None]:
+        """Return (logits, loss); loss is None without targets. Targets equal to -100 are ignored."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, time), got shape {tuple(tokens.shape)}")
+        t = tokens.shape[1]
+        start = cache.seq_len if cache is not None else 0
+        if positions is None:
+            positions = torch.arange(start, start + t, device=tokens.device)
+        if start + t > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len={self.cfg.max_seq_len}; "
+                             "raise max_seq_len or configure a RoPE scaling (chapter 6)")
+        x = self.embed(tokens)
+        cos, sin = self.rope(positions, x.dtype)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, mask, cache, i, start)
+        if cache is not None:
+            cache.advance(t)
+        logits = self.head(self.norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                   ignore_index=-100)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, tokens: Tensor, max_new_tokens: int, cache=None) -> Tensor:
+        """Greedy decoding; with a KV cache each new token costs one position, not a whole prefix."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        out = tokens
+        logits, _ = self(tokens, cache=cache)
+        for _ in range(max_new_tokens):
+            nxt = logits[:, -1:].argmax(-1)
+            out = torch.cat([out, nxt], dim=1)
+            logits, _ = self(nxt, cache=cache) if cache is not None else self(out)
+        return out
