@@ -1,0 +1,137 @@
+"""Synthetic multi-turn dialogues for the chatbot case study: facts stated early, asked about late.
+
+A user states three facts (a name, an order number, a preference) at different points of a
+conversation padded with filler turns, then asks for one of them. The answer can only be produced
+by attending back to where the fact was stated, and the *distance* from that fact to the answer is
+set exactly, so accuracy can be read off by distance.
+
+Layout of one sample of exactly ``seq_len`` tokens::
+
+    BOS  ...filler turns and the three fact turns...  USER ASK KEY BOT  answer tokens
+
+A fact turn is ``USER KEY value...``. Targets are -100 everywhere except the answer tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+PAD, BOS, USER, BOT, ASK = 0, 1, 2, 3, 4
+KEYS = {"name": 5, "order": 6, "like": 7}
+DIGITS = list(range(10, 20))                 # order numbers: 4 digits
+NAMES = list(range(20, 36))                  # names: 2 tokens from 16
+LIKES = list(range(36, 44))                  # preferences: 1 token from 8
+FILLER_START = 48
+VALUE_LEN = {"name": 2, "order": 4, "like": 1}
+QUESTION_LEN = 4                             # USER ASK KEY BOT
+
+
+@dataclass(frozen=True)
+class DialogueSpec:
+    """Vocabulary size and the range of filler-turn lengths; vocab_size sets how many filler words exist."""
+
+    vocab_size: int = 128
+    min_turn: int = 3
+    max_turn: int = 8
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < FILLER_START + 8:
+            raise ValueError(f"vocab_size must be >= {FILLER_START + 8}, got {self.vocab_size}")
+        if not 1 <= self.min_turn <= self.max_turn:
+            raise ValueError(f"need 1 <= min_turn <= max_turn, got {self.min_turn} and {self.max_turn}")
+
+
+def _value(kind: str, g: torch.Generator) -> list[int]:
+    pool = {"name": NAMES, "order": DIGITS, "like": LIKES}[kind]
+    return [pool[int(i)] for i in torch.randint(len(pool), (VALUE_LEN[kind],), generator=g)]
+
+
+def _filler(n: int, spec: DialogueSpec, g: torch.Generator) -> list[int]:
+    """n tokens of filler turns (speaker marker + words), cut to exactly n."""
+    out: list[int] = []
+    while len(out) < n:
+        out.append(BOT if torch.rand((), generator=g) < 0.5 else USER)
+        length = int(torch.randint(spec.min_turn, spec.max_turn + 1, (), generator=g))
+        out += (torch.randint(FILLER_START, spec.vocab_size, (length,), generator=g)).tolist()
+    return out[:n]
+
+
+def min_length(distance: int) -> int:
+    """Shortest sequence that can hold the question fact at ``distance`` plus the other two facts."""
+    return 1 + 2 + max(VALUE_LEN.values()) + distance + 12
+
+
+def make_dialogue(seq_len: int, distance: int, asked: str, g: torch.Generator,
+                  spec: DialogueSpec = DialogueSpec()) -> tuple[list[int], list[int]]:
+    """One dialogue of exactly seq_len tokens; the asked fact's first value token is ``distance``
+    positions before the first answer token. Returns (tokens, targets)."""
+    if asked not in KEYS:
+        raise ValueError(f"asked must be one of {tuple(KEYS)}, got {asked!r}")
+    if distance < QUESTION_LEN + VALUE_LEN[asked]:
+        raise ValueError(f"distance must be >= {QUESTION_LEN + VALUE_LEN[asked]} for {asked!r}, got {distance}")
+    if seq_len < min_length(distance):
+        raise ValueError(f"seq_len must be >= {min_length(distance)} for distance {distance}, got {seq_len}")
+    values = {k: _value(k, g) for k in KEYS}
+    answer = values[asked]
+    answer_start = seq_len - len(answer)
+    question_start = answer_start - QUESTION_LEN
+    fact_value_start = answer_start - distance
+    tokens = [PAD] * seq_len
+    tokens[0] = BOS
+    fact = [USER, KEYS[asked]] + answer
+    fact_start = fact_value_start - 2
+    # other facts go in free filler space: before the asked fact, or between it and the question
+    others = [k for k in KEYS if k != asked]
+    layout: list[tuple[int, list[int]]] = [(fact_start, fact)]
+    gaps = [(1, fact_start), (fact_start + len(fact), question_start)]
+    for k in others:
+        turn = [USER, KEYS[k]] + values[k]
+        fits = [(a, b) for a, b in gaps if b - a >= len(turn)]
+        a, b = fits[int(torch.randint(len(fits), (), generator=g))] if fits else (None, None)
+        if a is None:
+            continue  # no room at this length: fewer distractors, the asked fact is still there
+        pos = a + int(torch.randint(b - a - len(turn) + 1, (), generator=g))
+        layout.append((pos, turn))
+        gaps.remove((a, b))
+        gaps += [(a, pos), (pos + len(turn), b)]
+    for a, b in gaps:
+        tokens[a:b] = _filler(b - a, spec, g)
+    for pos, turn in layout:
+        tokens[pos:pos + len(turn)] = turn
+    tokens[question_start:answer_start] = [USER, ASK, KEYS[asked], BOT]
+    tokens[answer_start:] = answer
+    # next-token targets: predict answer token i from the position just before it
+    targets = [-100] * seq_len
+    for i in range(len(answer)):
+        targets[answer_start - 1 + i] = answer[i]
+    return tokens, targets
+
+
+def dialogue_batch(batch_size: int, seq_len: int, g: torch.Generator, distance: int | None = None,
+                   max_distance: int | None = None, spec: DialogueSpec = DialogueSpec()) -> tuple[Tensor, Tensor, Tensor]:
+    """(tokens, targets, distances): distances drawn uniformly up to max_distance unless fixed."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    kinds = list(KEYS)
+    hi = max_distance if max_distance is not None else seq_len - min_length(0)
+    rows, tgts, dists = [], [], []
+    for _ in range(batch_size):
+        asked = kinds[int(torch.randint(len(kinds), (), generator=g))]
+        lo = QUESTION_LEN + VALUE_LEN[asked]
+        d = distance if distance is not None else int(torch.randint(lo, max(lo, hi) + 1, (), generator=g))
+        tok, tgt = make_dialogue(seq_len, d, asked, g, spec)
+        rows.append(tok)
+        tgts.append(tgt)
+        dists.append(d)
+    return torch.tensor(rows), torch.tensor(tgts), torch.tensor(dists)
+
+
+@torch.no_grad()
+def answer_accuracy(model: torch.nn.Module, tokens: Tensor, targets: Tensor) -> Tensor:
+    """Per sample: 1.0 when every answer token is the model's argmax (teacher forcing), else 0.0."""
+    logits, _ = model(tokens)
+    mask = targets != -100
+    correct = (logits.argmax(-1) == targets) | ~mask
+    return correct.all(dim=1).float()
