@@ -1,0 +1,53 @@
+"""Counting training FLOPs: 6N per token for the weights plus the attention term that grows with T.
+
+For a decoder with N matmul parameters, one token costs 2N FLOPs forward and 4N backward (gradients
+for inputs and for weights). Attention adds, per layer and token, 2*T*d for q.k and 2*T*d for the
+weighted sum of values forward, three times that for forward + backward: 12*L*d*T per token, the
+term PaLM's MFU formula adds to 6N (Chowdhery et al. 2022). A causal kernel that skips masked
+blocks does about half of it.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import ModelConfig
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+    """Parameters that take part in a matrix multiply per token (embedding lookups do not; the head does)."""
+    d, kv = cfg.d_model, cfg.n_kv_heads * cfg.head_dim
+    per_layer = d * d + d * 2 * kv + d * d + 2 * cfg.mlp_ratio * d * d
+    return cfg.n_layers * per_layer + d * cfg.vocab_size
+
+
+def attention_flops_per_token(cfg: ModelConfig, seq_len: int, causal_skip: bool = False) -> float:
+    """Training (fwd + bwd) attention FLOPs per token: 12 * L * d * T, halved when masked blocks are skipped."""
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    full = 12.0 * cfg.n_layers * cfg.d_model * seq_len
+    return full / 2 if causal_skip else full
+
+
+def training_flops_per_token(cfg: ModelConfig, seq_len: int, causal_skip: bool = False) -> float:
+    """6N + 12 L d T: the model FLOPs of one training token (no recomputation counted)."""
+    return 6.0 * matmul_params(cfg) + attention_flops_per_token(cfg, seq_len, causal_skip)
+
+
+def count_training_flops(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> int:
+    """FLOPs of one forward + backward counted by torch's FlopCounterMode.
+
+    Use the ``naive`` attention backend: the CPU flash kernel of SDPA is not counted.
+    """
+    with FlopCounterMode(display=False) as counter:
+        _, loss = model(tokens, targets)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def model_flops_utilisation(tokens_per_second: float, flops_per_token: float, peak_flops_per_second: float) -> float:
+    """MFU: achieved model FLOP/s over the hardware's peak (recomputation does not count as useful work)."""
+    if peak_flops_per_second <= 0:
+        raise ValueError(f"peak_flops_per_second must be positive, got {peak_flops_per_second}")
+    return tokens_per_second * flops_per_token / peak_flops_per_second

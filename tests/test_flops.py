@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from ctxlab import GPT, reference_config
+from ctxlab.flops import (attention_flops_per_token, count_training_flops, matmul_params,
+                          model_flops_utilisation, training_flops_per_token)
+
+
+@pytest.mark.parametrize("changes", [
+    dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=128),
+    dict(vocab_size=100, d_model=64, n_layers=3, n_heads=4, n_kv_heads=1, max_seq_len=128),
+    dict(vocab_size=50, d_model=48, n_layers=1, n_heads=6, n_kv_heads=2, max_seq_len=128, tie_weights=False),
+])
+@pytest.mark.parametrize("seq_len", [16, 64])
+def test_formula_matches_flop_counter(changes, seq_len):
+    cfg = reference_config(**changes, attention="naive")
+    model = GPT(cfg)
+    tokens = torch.randint(0, cfg.vocab_size, (2, seq_len))
+    counted = count_training_flops(model, tokens, tokens)
+    predicted = training_flops_per_token(cfg, seq_len) * tokens.numel()
+    assert abs(counted - predicted) / counted < 0.02
+    linear = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n)
+    assert matmul_params(cfg) == linear + (cfg.d_model * cfg.vocab_size if cfg.tie_weights else 0)
+
+
+def test_causal_skip_halves_attention_and_bad_inputs():
+    cfg = reference_config()
+    assert attention_flops_per_token(cfg, 1024, causal_skip=True) * 2 == attention_flops_per_token(cfg, 1024)
+    with pytest.raises(ValueError, match="seq_len"):
+        attention_flops_per_token(cfg, 0)
+    with pytest.raises(ValueError, match="peak"):
+        model_flops_utilisation(1.0, 1.0, 0.0)
+    assert model_flops_utilisation(1000.0, 1e9, 1e13) == pytest.approx(0.1)
