@@ -1,0 +1,34 @@
+import json
+
+import pytest
+
+from ctxlab import gpucheck
+
+
+def test_dry_run_writes_a_valid_json(tmp_path):
+    out = tmp_path / "gc.json"
+    result = gpucheck.run(str(out), dry_run=True, only=["matmul_peak"])
+    data = json.loads(out.read_text())
+    gpucheck.validate(data)
+    assert data == json.loads(json.dumps(result, default=str))
+    sec = data["sections"]["matmul_peak"]
+    assert sec["error"] is None and sec["value"]["tflops"] > 0
+
+
+def test_validate_and_bad_section_names(tmp_path):
+    with pytest.raises(ValueError, match="missing"):
+        gpucheck.validate({"device": "x"})
+    with pytest.raises(ValueError, match="only must name sections"):
+        gpucheck.run(str(tmp_path / "x.json"), dry_run=True, only=["nope"])
+
+
+def test_a_failing_section_is_recorded_and_others_run(tmp_path, monkeypatch):
+    real = gpucheck.sections
+
+    def broken(dry_run, device):
+        todo = real(dry_run, device)
+        todo["matmul_peak"] = lambda: 1 / 0
+        return todo
+    monkeypatch.setattr(gpucheck, "sections", broken)
+    data = gpucheck.run(str(tmp_path / "gc.json"), dry_run=True, only=["matmul_peak"])
+    assert "ZeroDivisionError" in data["sections"]["matmul_peak"]["error"]
