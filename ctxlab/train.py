@@ -58,12 +58,22 @@ def lr_at(step: int, lr: float, warmup: int, steps: int, min_lr_ratio: float = 0
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)) -> torch.optim.AdamW:
-    """AdamW with decay on matrices only (norm gains and biases are not decayed), as in GPT-2/nanoGPT."""
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, kind: str = "adamw") -> torch.optim.Optimizer:
+    """AdamW (betas 0.9, 0.95 as in GPT-3) or SGD with momentum 0.9; matrices are decayed, norm gains and
+    biases are not (as in nanoGPT). SGD is here because its step is proportional to the gradient, the
+    setting in which clipping was introduced (Pascanu et al. 2013); Adam normalises each coordinate."""
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
+    groups = [g for g in ({"params": decay, "weight_decay": weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
 
 
 def resolve_clip(clip: ClipArg, clip_threshold: float = 1.0) -> Callable[[list], object] | None:
@@ -130,13 +140,14 @@ def _is_int(x: object) -> bool:
 
 
 def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, warmup: int = 0,
-          weight_decay: float = 0.1, accum: int = 1, clip: ClipArg = 1.0, clip_threshold: float = 1.0,
-          min_lr_ratio: float = 0.1, checkpoint_path: str | os.PathLike | None = None,
+          weight_decay: float = 0.1, accum: int = 1, optimizer: str = "adamw", clip: ClipArg = 1.0,
+          clip_threshold: float = 1.0, min_lr_ratio: float = 0.1, checkpoint_path: str | os.PathLike | None = None,
           checkpoint_every: int | None = None, resume: bool = False, progress: bool | None = None,
           device: str | torch.device | None = None, seed: int | None = 0, per_layer_norms: bool = False,
           stop_on_nonfinite: bool = True) -> TrainResult:
     """Train ``model`` for ``steps`` optimizer steps and return the per-step history.
 
+    ``optimizer``: "adamw" (default) or "sgd" (momentum 0.9).
     ``clip``: None or "none" (no clipping), a number (global-norm clipping at that norm), a name from
     ``clipping.STRATEGIES`` used with ``clip_threshold``, or a callable of the parameter list.
     ``progress``: a tqdm bar; None shows it only when stderr is a terminal. With ``resume`` the run
@@ -158,10 +169,11 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
            "None or an int >= 1", checkpoint_every)
     _check(not (resume or checkpoint_every) or checkpoint_path is not None, "checkpoint_path",
            "a file path when resume or checkpoint_every is set", checkpoint_path)
+    _check(optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", optimizer)
     clip_fn = resolve_clip(clip, clip_threshold)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
-    optimizer = make_optimizer(model, lr, weight_decay)
+    opt = make_optimizer(model, lr, weight_decay, optimizer)
     monitor = GradNormMonitor(per_layer=per_layer_norms)
     result = TrainResult()
     start = 0
@@ -170,7 +182,7 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
             raise FileNotFoundError(f"resume=True but no checkpoint at checkpoint_path={str(checkpoint_path)!r}")
         state = load_checkpoint(checkpoint_path)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        opt.load_state_dict(state["optimizer"])
         result = TrainResult(**state["history"])
         monitor.load_state_dict(state["monitor"])
         start = state["step"]
@@ -181,7 +193,7 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
 
     def checkpoint(step: int) -> None:
         save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "schedule": {"lr": lr, "warmup": warmup, "steps": steps, "min_lr_ratio": min_lr_ratio},
             "history": result.to_dict(), "monitor": monitor.state_dict(), "rng": _rng_state()})
 
@@ -191,7 +203,7 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
     model.train()
     for step in bar:
         step_lr = lr_at(step, lr, warmup, steps, min_lr_ratio)
-        for group in optimizer.param_groups:
+        for group in opt.param_groups:
             group["lr"] = step_lr
         loss_sum = 0.0
         for micro in range(accum):
@@ -200,8 +212,8 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
             (loss / accum).backward()
             loss_sum += loss.item()
         grad_norm = monitor.observe(model, clip_fn)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         result.losses.append(loss_sum / accum)
         result.grad_norms.append(grad_norm)
         result.clipped_norms.append(monitor.clipped_norms[-1])
