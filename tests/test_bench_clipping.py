@@ -1,0 +1,61 @@
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ctxlab.bench.clipping import (clipped_gradients, cosine_rows, divergence_run, grad_cosine, grad_norm_vs_length,
+                                   markov_batches, reference_gradients)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cosines_on_model_gradients():
+    model = reference_gradients(seq_len=32)
+    before = [p.grad.clone() for p in model.parameters()]
+    rows = {(r["rule"], r["threshold"]): r for r in cosine_rows(model, [("norm", 1.0), ("article", 1e-3),
+                                                                         ("article", 10.0), ("value", 1e-3)])}
+    assert all(torch.equal(a, p.grad) for a, p in zip(before, model.parameters()))  # model untouched
+    assert rows[("norm", 1.0)]["cosine"] > 1 - 1e-9 and rows[("norm", 1.0)]["norm_after"] <= 1 + 1e-5
+    assert rows[("article", 1e-3)]["cosine"] < 0.8 and rows[("article", 1e-3)]["zeroed"] > 0.5
+    assert rows[("article", 10.0)]["zeroed"] == 1.0 and rows[("article", 10.0)]["cosine"] == 0.0
+    assert 0 < rows[("value", 1e-3)]["cosine"] < 1
+    assert grad_cosine(before, before) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="strategy"):
+        clipped_gradients(model, "clamp", 1.0)
+    with pytest.raises(ValueError, match="seq_len"):
+        reference_gradients(seq_len=1)
+
+
+def test_markov_batches_are_reproducible_and_follow_the_chain():
+    a, b = markov_batches(32, vocab=16, branching=2, batch=4, pool=8), markov_batches(32, vocab=16, branching=2,
+                                                                                   batch=4, pool=8)
+    x, y = a(3)
+    assert x.shape == y.shape == (4, 32) and torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(b(3)[0], x)
+    pairs = torch.stack([x.flatten(), y.flatten()], 1).unique(dim=0)
+    assert all((pairs[:, 0] == tok).sum() <= 2 for tok in range(16))
+    with pytest.raises(ValueError, match="branching"):
+        markov_batches(32, vocab=4, branching=5)
+
+
+def test_divergence_run_and_norm_sweep_are_plain_data():
+    run = divergence_run("sgd", 0.1, 1.0, seq_len=32, steps=3)
+    assert run["steps_done"] == 3 and not run["diverged"] and len(run["history"]["losses"]) == 3
+    rows = grad_norm_vs_length([16, 32], samples=2)
+    assert [r["T"] for r in rows] == [16, 32] and all(r["min"] <= r["grad_norm"] <= r["max"] for r in rows)
+
+
+def test_cli_prints_the_cosines_last():
+    out = subprocess.run([sys.executable, "-m", "ctxlab.bench", "clipping", "--seq-len", "32", "--steps", "2",
+                          "--batches", "1"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.strip().splitlines()
+    m = re.fullmatch(r"article_formula_cosine=([0-9.]+) norm_clip_cosine=([0-9.]+)", out[-1])
+    assert m and float(m.group(1)) < 0.8 and float(m.group(2)) == 1.0
