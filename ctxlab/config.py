@@ -33,6 +33,7 @@ class ModelConfig:
     share_layers: bool = False  # one block's weights reused by every layer (ALBERT-style)
     loss_chunk: int = 0  # 0: full logits; n: cross-entropy over n tokens at a time, recomputed in backward
     mlp_chunk: int = 0  # 0: whole sequence; n: the MLP over n tokens at a time, recomputed in backward
+    attn_chunk: int = 256  # block size of the chunked attention backend (queries and keys)
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -59,6 +60,8 @@ class ModelConfig:
             value = getattr(self, name)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
                      name, "an int >= 0 (0 turns it off)", value)
+        _require(isinstance(self.attn_chunk, int) and not isinstance(self.attn_chunk, bool) and self.attn_chunk > 0,
+                 "attn_chunk", "a positive int", self.attn_chunk)
         _require(isinstance(self.share_layers, bool), "share_layers", "a bool", self.share_layers)
 
     @property

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import attention
+from .attention import attention, chunked_attention
 from .config import ModelConfig
 from .positions import RotaryEmbedding, apply_rope
 
@@ -36,7 +36,11 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # decode: append this step's k/v and attend over everything cached
             k, v = cache.write(layer, start, k, v)
-        y = attention(q, k, v, backend=self.cfg.attention, causal=True, mask=mask)
+        if self.cfg.attention == "chunked":  # the block size trades one block of scores for loop steps
+            c = self.cfg.attn_chunk
+            y = chunked_attention(q, k, v, causal=True, mask=mask, q_chunk=c, k_chunk=c)
+        else:
+            y = attention(q, k, v, backend=self.cfg.attention, causal=True, mask=mask)
         return self.dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, -1)))
 
 

@@ -79,7 +79,7 @@ def test_batched_positions():
 
 
 @pytest.mark.parametrize("field,value", [("checkpoint_every", -1), ("loss_chunk", 1.5), ("mlp_chunk", True),
-                                         ("share_layers", 1), ("attention", "flash9")])
+                                         ("share_layers", 1), ("attention", "flash9"), ("attn_chunk", 0)])
 def test_bad_memory_options(field, value):
     with pytest.raises(ValueError, match=field):
         reference_config(**{field: value})
