@@ -126,3 +126,124 @@ def merge_partials(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -
     w_a = torch.exp(lse_a - safe).unsqueeze(-1)
     w_b = torch.exp(lse_b - safe).unsqueeze(-1)
     return w_a * out_a + w_b * out_b, lse
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunked (flash-style) attention: queries and keys in blocks, an online softmax, O(T) memory.
+# ---------------------------------------------------------------------------------------------
+
+def _block_scores(q_blk: Tensor, k_blk: Tensor, scale: float, i0: int, j0: int, offset: int,
+                  causal: bool, mask: Tensor | None) -> Tensor:
+    """Scores of one (query block, key block) pair, (B, Hkv, G, tq, tk), with -inf where masked."""
+    s = (q_blk @ k_blk.unsqueeze(2).transpose(-2, -1)) * scale
+    tq, tk = s.shape[-2], s.shape[-1]
+    if causal and j0 + tk - 1 > i0 + offset:  # some key in this block lies in some query's future
+        i = torch.arange(i0, i0 + tq, device=s.device)[:, None]
+        j = torch.arange(j0, j0 + tk, device=s.device)[None, :]
+        s = s.masked_fill(j > i + offset, float("-inf"))
+    if mask is not None:
+        s = s.masked_fill(~mask[..., i0:i0 + tq, j0:j0 + tk], float("-inf"))
+    return s
+
+
+def _key_blocks(i0: int, tq: int, t_k: int, k_chunk: int, offset: int, causal: bool) -> range:
+    """Key block starts that a query block can see: with a causal mask, blocks wholly in the future are skipped."""
+    last = min(t_k, i0 + tq + offset) if causal else t_k
+    return range(0, max(last, 0), k_chunk)
+
+
+def _group_mask(mask: Tensor | None, h_kv: int, n_heads: int) -> Tensor | None:
+    """Reshape a (B|1, H|1, Tq, Tk) mask to the grouped layout (B|1, Hkv|1, G|1, Tq, Tk)."""
+    if mask is None:
+        return None
+    if mask.shape[1] == 1:
+        return mask.unsqueeze(2)
+    mask = mask.expand(mask.shape[0], n_heads, *mask.shape[2:])
+    return mask.reshape(mask.shape[0], h_kv, n_heads // h_kv, *mask.shape[2:])
+
+
+class ChunkedAttentionFunction(torch.autograd.Function):
+    """Exact attention in blocks. Forward keeps a running max and sum per row (the online softmax);
+    backward recomputes each block's probabilities from the saved log-sum-exp, so neither pass
+    ever holds more than one (q_chunk x k_chunk) block of scores per head."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, mask, q_chunk, k_chunk):
+        b, h, t_q, d = q.shape
+        h_kv, t_k = k.shape[1], k.shape[2]
+        qg = q.reshape(b, h_kv, h // h_kv, t_q, d)
+        gmask = _group_mask(mask, h_kv, h)
+        scale, offset = 1.0 / math.sqrt(d), t_k - t_q
+        out = torch.zeros_like(qg)
+        lse = torch.full(qg.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
+        for i0 in range(0, t_q, q_chunk):
+            q_blk = qg[..., i0:i0 + q_chunk, :]
+            tq = q_blk.shape[-2]
+            row_max = torch.full(q_blk.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
+            row_sum = torch.zeros_like(row_max)
+            acc = torch.zeros_like(q_blk)
+            for j0 in _key_blocks(i0, tq, t_k, k_chunk, offset, causal):
+                s = _block_scores(q_blk, k[:, :, j0:j0 + k_chunk], scale, i0, j0, offset, causal, gmask)
+                new_max = torch.maximum(row_max, s.amax(-1))
+                safe_max = new_max.masked_fill(torch.isinf(new_max), 0.0)  # rows with nothing visible yet
+                p = torch.exp(s - safe_max.unsqueeze(-1))
+                correction = torch.exp(row_max - safe_max)  # rescale what was summed under the old max
+                row_sum = row_sum * correction + p.sum(-1)
+                acc = acc * correction.unsqueeze(-1) + p @ v[:, :, j0:j0 + k_chunk].unsqueeze(2)
+                row_max = new_max
+            seen = row_sum > 0
+            out[..., i0:i0 + tq, :] = acc / torch.where(seen, row_sum, torch.ones_like(row_sum)).unsqueeze(-1)
+            lse[..., i0:i0 + tq] = torch.where(seen, row_max + torch.log(row_sum), lse[..., i0:i0 + tq])
+        ctx.save_for_backward(q, k, v, out, lse, mask)
+        ctx.causal, ctx.q_chunk, ctx.k_chunk = causal, q_chunk, k_chunk
+        return out.reshape(b, h, t_q, d), lse.reshape(b, h, t_q)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse, mask = ctx.saved_tensors
+        b, h, t_q, d = q.shape
+        h_kv, t_k = k.shape[1], k.shape[2]
+        qg = q.reshape(b, h_kv, h // h_kv, t_q, d)
+        gmask = _group_mask(mask, h_kv, h)
+        scale, offset = 1.0 / math.sqrt(d), t_k - t_q
+        d_out = grad_out.reshape(out.shape) if grad_out is not None else torch.zeros_like(out)
+        d_lse = grad_lse.reshape(lse.shape) if grad_lse is not None else torch.zeros_like(lse)
+        # d(softmax) needs rowsum(dO * O); a row's lse gradient adds d_lse * p to its scores' gradient
+        delta = (d_out * out).sum(-1) - d_lse
+        safe_lse = lse.masked_fill(torch.isinf(lse), 0.0)
+        dq, dk, dv = torch.zeros_like(qg), torch.zeros_like(k), torch.zeros_like(v)
+        for i0 in range(0, t_q, ctx.q_chunk):
+            sl = slice(i0, i0 + ctx.q_chunk)
+            q_blk, do_blk = qg[..., sl, :], d_out[..., sl, :]
+            tq = q_blk.shape[-2]
+            for j0 in _key_blocks(i0, tq, t_k, ctx.k_chunk, offset, ctx.causal):
+                kl = slice(j0, j0 + ctx.k_chunk)
+                k_blk, v_blk = k[:, :, kl].unsqueeze(2), v[:, :, kl].unsqueeze(2)
+                s = _block_scores(q_blk, k[:, :, kl], scale, i0, j0, offset, ctx.causal, gmask)
+                p = torch.exp(s - safe_lse[..., sl].unsqueeze(-1))
+                dv[:, :, kl] += (p.transpose(-2, -1) @ do_blk).sum(2)
+                ds = p * (do_blk @ v_blk.transpose(-2, -1) - delta[..., sl].unsqueeze(-1))
+                dq[..., sl, :] += (ds @ k_blk) * scale
+                dk[:, :, kl] += (ds.transpose(-2, -1) @ q_blk).sum(2) * scale
+        return dq.reshape(q.shape), dk, dv, None, None, None, None
+
+
+def chunked_attention_with_lse(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None,
+                               q_chunk: int = 256, k_chunk: int = 256) -> tuple[Tensor, Tensor]:
+    """Chunked attention returning (out, lse); lse (B, H, Tq) lets ``merge_partials`` combine key ranges."""
+    check_qkv(q, k, v, mask)
+    for name, value in (("q_chunk", q_chunk), ("k_chunk", k_chunk)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if mask is not None:
+        mask = mask.expand(*mask.shape[:2], q.shape[2], k.shape[2])
+    return ChunkedAttentionFunction.apply(q, k, v, causal, mask, q_chunk, k_chunk)
+
+
+def chunked_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None,
+                      q_chunk: int = 256, k_chunk: int = 256) -> Tensor:
+    """Flash-style attention in pure PyTorch: equal to ``naive_attention``, memory O(T) forward and backward."""
+    return chunked_attention_with_lse(q, k, v, causal, mask, q_chunk, k_chunk)[0]
+
+
+BACKENDS["chunked"] = chunked_attention

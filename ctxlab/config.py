@@ -29,6 +29,11 @@ class ModelConfig:
     tie_weights: bool = True
     dropout: float = 0.0
     mlp_ratio: int = 4
+    checkpoint_every: int = 0  # 0: keep all activations; k: recompute every k-th block in backward
+    share_layers: bool = False  # one block's weights reused by every layer (ALBERT-style)
+    loss_chunk: int = 0  # 0: full logits; n: cross-entropy over n tokens at a time, recomputed in backward
+    mlp_chunk: int = 0  # 0: whole sequence; n: the MLP over n tokens at a time, recomputed in backward
+    attn_chunk: int = 256  # block size of the chunked attention backend (queries and keys)
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -51,6 +56,13 @@ class ModelConfig:
         _require(isinstance(self.tie_weights, bool), "tie_weights", "a bool", self.tie_weights)
         _require(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "in [0, 1)",
                  self.dropout)
+        for name in ("checkpoint_every", "loss_chunk", "mlp_chunk"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                     name, "an int >= 0 (0 turns it off)", value)
+        _require(isinstance(self.attn_chunk, int) and not isinstance(self.attn_chunk, bool) and self.attn_chunk > 0,
+                 "attn_chunk", "a positive int", self.attn_chunk)
+        _require(isinstance(self.share_layers, bool), "share_layers", "a bool", self.share_layers)
 
     @property
     def head_dim(self) -> int:

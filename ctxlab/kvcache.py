@@ -44,3 +44,115 @@ class ContiguousKVCache:
     def nbytes(self) -> int:
         """Bytes reserved by the cache (what it costs whether or not the positions are used)."""
         return self.k.nbytes + self.v.nbytes
+
+
+class BlockAllocator:
+    """Hands out fixed-size blocks of a shared pool and takes them back (a free list)."""
+
+    def __init__(self, num_blocks: int):
+        if not isinstance(num_blocks, int) or num_blocks <= 0:
+            raise ValueError(f"num_blocks must be a positive int, got {num_blocks!r}")
+        self.num_blocks = num_blocks
+        self.free_blocks = list(range(num_blocks - 1, -1, -1))
+
+    @property
+    def in_use(self) -> int:
+        return self.num_blocks - len(self.free_blocks)
+
+    def allocate(self) -> int:
+        if not self.free_blocks:
+            raise RuntimeError(f"paged KV cache exhausted: all {self.num_blocks} blocks are in use; "
+                               "free finished sequences or create the cache with more num_blocks")
+        return self.free_blocks.pop()
+
+    def release(self, blocks: list[int]) -> None:
+        self.free_blocks.extend(reversed(blocks))
+
+
+class PagedKVCache:
+    """KV cache in fixed-size blocks from one pool, with a block table per sequence (as in vLLM).
+
+    A sequence holds ceil(len / block_size) blocks instead of a max_len reservation, so the waste is
+    under one block per sequence. Same ``write`` / ``advance`` / ``seq_len`` interface as
+    :class:`ContiguousKVCache`, so the model's decode path takes either.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, num_blocks: int, block_size: int = 16,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        for name, value in (("batch_size", batch_size), ("block_size", block_size)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.allocator = BlockAllocator(num_blocks)
+        shape = (cfg.n_layers, num_blocks, cfg.n_kv_heads, block_size, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.block_size = block_size
+        self.block_tables: list[list[int]] = [[] for _ in range(batch_size)]
+        self.lengths = [0] * batch_size
+        self.seq_len = 0
+
+    def reserve(self, seq: int, n_tokens: int) -> None:
+        """Make sure sequence ``seq`` has blocks for its first ``n_tokens`` positions."""
+        if not 0 <= seq < len(self.block_tables):
+            raise ValueError(f"seq must be in [0, {len(self.block_tables)}), got {seq}")
+        table = self.block_tables[seq]
+        while len(table) * self.block_size < n_tokens:
+            table.append(self.allocator.allocate())
+        self.lengths[seq] = max(self.lengths[seq], n_tokens)
+
+    def free(self, seq: int) -> None:
+        """Return a finished sequence's blocks to the pool."""
+        self.allocator.release(self.block_tables[seq])
+        self.block_tables[seq], self.lengths[seq] = [], 0
+
+    def _slots(self, start: int, end: int) -> tuple[Tensor, Tensor]:
+        """Physical block (B, t) and offset (t,) of every sequence's positions [start, end)."""
+        pos = torch.arange(start, end)
+        tables = torch.tensor(self.block_tables, dtype=torch.long)
+        return tables[:, pos // self.block_size].to(self.k.device), (pos % self.block_size).to(self.k.device)
+
+    def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k/v (B, Hkv, t, D) for positions [start, start + t); return (B, Hkv, start + t, D) so far."""
+        if k.shape[0] != len(self.block_tables):
+            raise ValueError(f"batch of {k.shape[0]} but the cache holds {len(self.block_tables)} sequences")
+        end = start + k.shape[2]
+        for seq in range(len(self.block_tables)):
+            self.reserve(seq, end)
+        blocks, offsets = self._slots(start, end)
+        self.k[layer, blocks, :, offsets] = k.permute(0, 2, 1, 3)
+        self.v[layer, blocks, :, offsets] = v.permute(0, 2, 1, 3)
+        blocks, offsets = self._slots(0, end)
+        return (self.k[layer, blocks, :, offsets].permute(0, 2, 1, 3),
+                self.v[layer, blocks, :, offsets].permute(0, 2, 1, 3))
+
+    def advance(self, t: int) -> None:
+        self.seq_len += t
+
+    def block_bytes(self) -> int:
+        return 2 * self.k[:, 0].nbytes
+
+    def nbytes(self) -> int:
+        """Bytes held by sequences (blocks in use); the pool itself is ``k.nbytes + v.nbytes``."""
+        return self.allocator.in_use * self.block_bytes()
+
+
+def fragmentation_report(cfg: ModelConfig, lengths: list[int], max_len: int, block_size: int = 16,
+                         bytes_per_element: int = 4) -> dict:
+    """Bytes reserved vs bytes holding real tokens for a batch of conversations, contiguous vs paged.
+
+    Both caches are built on the meta device (shapes only), so a large batch costs no memory here.
+    """
+    if not lengths or any(not isinstance(n, int) or n <= 0 or n > max_len for n in lengths):
+        raise ValueError(f"lengths must be a non-empty list of ints in [1, max_len={max_len}], got {lengths!r}")
+    dtype = {4: torch.float32, 2: torch.float16, 1: torch.int8}[bytes_per_element]
+    contiguous = ContiguousKVCache(cfg, len(lengths), max_len, device="meta", dtype=dtype)
+    n_blocks = sum(-(-n // block_size) for n in lengths)
+    paged = PagedKVCache(cfg, len(lengths), n_blocks, block_size, device="meta", dtype=dtype)
+    for seq, n in enumerate(lengths):
+        paged.reserve(seq, n)
+    used = sum(lengths) * kv_cache_bytes_per_token(cfg, bytes_per_element)
+    report = {"tokens": sum(lengths), "used_bytes": used, "contiguous_bytes": contiguous.nbytes(),
+              "paged_bytes": paged.nbytes()}
+    report["contiguous_waste"] = 1 - used / report["contiguous_bytes"]
+    report["paged_waste"] = 1 - used / report["paged_bytes"]
+    return report

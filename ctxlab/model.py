@@ -1,7 +1,8 @@
 """A small causal GPT in the style of nanoGPT: pre-norm blocks, RoPE, grouped-query attention.
 
 Read top to bottom: ``CausalSelfAttention``, ``MLP``, ``Block``, ``GPT``. The attention backend,
-the number of k/v heads and weight tying come from ``ModelConfig``.
+the number of k/v heads, weight tying and the memory options (activation checkpointing, cross-layer
+sharing, chunked MLP and chunked loss) come from ``ModelConfig``.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from .attention import attention
+from .attention import attention, chunked_attention
 from .config import ModelConfig
 from .positions import RotaryEmbedding, apply_rope
 
@@ -34,19 +36,32 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # decode: append this step's k/v and attend over everything cached
             k, v = cache.write(layer, start, k, v)
-        y = attention(q, k, v, backend=self.cfg.attention, causal=True, mask=mask)
+        if self.cfg.attention == "chunked":  # the block size trades one block of scores for loop steps
+            c = self.cfg.attn_chunk
+            y = chunked_attention(q, k, v, causal=True, mask=mask, q_chunk=c, k_chunk=c)
+        else:
+            y = attention(q, k, v, backend=self.cfg.attention, causal=True, mask=mask)
         return self.dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, -1)))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.chunk = cfg.mlp_chunk
         self.up = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
         self.down = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _mlp(self, x: Tensor) -> Tensor:
         return self.dropout(self.down(F.gelu(self.up(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.chunk <= 0 or x.shape[1] <= self.chunk:
+            return self._mlp(x)
+        # The 4x-wide hidden layer of one chunk at a time; in training each chunk is recomputed in backward.
+        recompute = torch.is_grad_enabled()
+        return torch.cat([checkpoint(self._mlp, part, use_reentrant=False) if recompute else self._mlp(part)
+                          for part in x.split(self.chunk, dim=1)], dim=1)
 
 
 class Block(nn.Module):
@@ -71,7 +86,8 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_base)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        # Cross-layer sharing keeps one block and runs it n_layers times: fewer parameters, same activations.
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(1 if cfg.share_layers else cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
@@ -92,7 +108,11 @@ class GPT(nn.Module):
 
     def forward(self, tokens: Tensor, targets: Tensor | None = None, positions: Tensor | None = None,
                 mask: Tensor | None = None, cache=None) -> tuple[Tensor, Tensor | None]:
-        """Return (logits, loss); loss is None without targets. Targets equal to -100 are ignored."""
+        """Return (logits, loss); loss is None without targets. Targets equal to -100 are ignored.
+
+        ``positions`` is (T,) or (B, T); ``mask`` a bool (B|1, 1, T, T) mask (packed documents). With
+        ``loss_chunk`` set and targets given, logits are None: not keeping them is the point.
+        """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (batch, time), got shape {tuple(tokens.shape)}")
         t = tokens.shape[1]
@@ -103,17 +123,34 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len={self.cfg.max_seq_len}; "
                              "raise max_seq_len or configure a RoPE scaling (chapter 6)")
         x = self.embed(tokens)
-        cos, sin = self.rope(positions, x.dtype)
-        for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, mask, cache, i, start)
+        if positions.dim() == 2:  # one row of positions per sequence (packed documents restart at 0)
+            cos, sin = (c.view(*positions.shape, -1).unsqueeze(1) for c in self.rope(positions.reshape(-1), x.dtype))
+        else:
+            cos, sin = self.rope(positions, x.dtype)
+        for i in range(self.cfg.n_layers):
+            block = self.blocks[i % len(self.blocks)]
+            if self.recomputes(i) and cache is None and torch.is_grad_enabled():
+                # keep only the block's input; its activations are rebuilt during backward
+                x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, cache, i, start)
         if cache is not None:
             cache.advance(t)
-        logits = self.head(self.norm(x))
+        x = self.norm(x)
+        if targets is not None and self.cfg.loss_chunk > 0:
+            # the logits are never all alive at once, so they are not returned
+            return None, chunked_cross_entropy(x, self.head.weight, targets, self.cfg.loss_chunk)
+        logits = self.head(x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                                    ignore_index=-100)
         return logits, loss
+
+    def recomputes(self, layer: int) -> bool:
+        """The checkpoint policy: every k-th block (k = checkpoint_every) is recomputed in backward."""
+        every = self.cfg.checkpoint_every
+        return every > 0 and layer % every == 0
 
     @torch.no_grad()
     def generate(self, tokens: Tensor, max_new_tokens: int, cache=None) -> Tensor:
@@ -127,3 +164,21 @@ class GPT(nn.Module):
             out = torch.cat([out, nxt], dim=1)
             logits, _ = self(nxt, cache=cache) if cache is not None else self(out)
         return out
+
+
+def chunked_cross_entropy(hidden: Tensor, head_weight: Tensor, targets: Tensor, chunk: int) -> Tensor:
+    """Mean cross-entropy over tokens, computing (chunk x vocab) logits at a time.
+
+    Each chunk's logits are recomputed in backward, so peak memory holds one chunk of logits instead
+    of T x vocab; the loss equals ``F.cross_entropy`` on the full logits (targets -100 ignored).
+    """
+    if not isinstance(chunk, int) or chunk <= 0:
+        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    h, y = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+
+    def chunk_loss(h_part: Tensor, y_part: Tensor) -> Tensor:
+        return F.cross_entropy((h_part @ head_weight.t()).float(), y_part, ignore_index=-100, reduction="sum")
+
+    total = sum(checkpoint(chunk_loss, hp, yp, use_reentrant=False) if torch.is_grad_enabled() else chunk_loss(hp, yp)
+                for hp, yp in zip(h.split(chunk), y.split(chunk)))
+    return total / (y != -100).sum()

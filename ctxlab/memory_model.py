@@ -1,0 +1,123 @@
+"""Where the memory of one training step goes, predicted and measured, and the largest context under a budget.
+
+The prediction counts the tensors PyTorch keeps: parameters, gradients, AdamW's two moments, and
+per layer the activations that autograd saves for backward (all of them, or only each block's
+input when the block is recomputed), plus the logits and the largest temporaries of backward.
+The measurement runs the step under :class:`~ctxlab.memory.LiveStorageTracker`; on CPU it can run
+under ``FakeTensorMode``, which allocates nothing and computes nothing but reports the same bytes.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .config import ModelConfig
+from .memory import measure_peak
+from .model import GPT
+
+# A technique is a set of config changes; "all" combines every memory option of chapter 2.
+TECHNIQUES: dict[str, dict] = {
+    "naive": dict(attention="naive"),
+    "sdpa": dict(attention="sdpa"),
+    "chunked": dict(attention="chunked"),
+    "checkpoint": dict(checkpoint_every=1),
+    "chunked_loss": dict(loss_chunk=1024),
+    "chunked_mlp": dict(mlp_chunk=1024),
+}
+
+
+def apply_techniques(cfg: ModelConfig, techniques: Sequence[str]) -> ModelConfig:
+    """The config with each named technique's changes applied in order."""
+    if isinstance(techniques, str):
+        techniques = [techniques]
+    changes: dict = {}
+    for name in techniques:
+        if name not in TECHNIQUES:
+            raise ValueError(f"techniques must be names from {tuple(TECHNIQUES)}, got {name!r}")
+        changes.update(TECHNIQUES[name])
+    return cfg.replace(**changes)
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Distinct parameters of ``GPT(cfg)``, by formula (a tied head and shared blocks count once)."""
+    d, kv, ff = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.mlp_ratio * cfg.d_model
+    block = d * d + d * 2 * kv + d * d + 2 * d * ff + 4 * d
+    blocks = 1 if cfg.share_layers else cfg.n_layers
+    return cfg.vocab_size * d * (1 if cfg.tie_weights else 2) + blocks * block + 2 * d
+
+
+def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_per_element: int = 4) -> dict:
+    """Predicted bytes at the peak of one AdamW training step, by part (see the module docstring)."""
+    if not isinstance(seq_len, int) or seq_len <= 0 or not isinstance(batch, int) or batch <= 0:
+        raise ValueError(f"seq_len and batch must be positive ints, got {seq_len!r} and {batch!r}")
+    e, t, n = bytes_per_element, seq_len, seq_len * batch
+    d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
+    kv, ff, v = cfg.n_kv_heads * hd, cfg.mlp_ratio * d, cfg.vocab_size
+    params = count_params(cfg) * e
+    # saved by one block for backward: x, norm1(x), rotated q, the k/v projection, rotated k, the
+    # attention output, its (B, T, d) copy, x + attn, norm2(x), and the MLP hidden before and after GELU
+    mlp_rows = min(n, cfg.mlp_chunk) if cfg.mlp_chunk else n
+    linear = n * (7 * d + 3 * kv) + (0 if cfg.mlp_chunk else 2 * ff * n)
+    if cfg.attention == "naive":  # probabilities (B, H, T, T) and the bool mask; no fused output
+        attn_saved = h * t * t * batch * e + t * t
+        attn_temp = 2 * h * t * t * batch * e  # gradients of probabilities and scores in backward
+        linear -= n * d
+    else:  # fused or chunked: the output (counted above) and one log-sum-exp per row
+        attn_saved, attn_temp = h * n * e, 0
+        if cfg.attention == "sdpa" and 1 < cfg.n_kv_heads < h:  # torch's kernel gets k/v copied to every head
+            linear += n * (2 * d - 3 * kv)
+        if cfg.attention == "chunked":  # a few (chunk x chunk) blocks of scores per head at a time
+            attn_temp = 5 * h * min(cfg.attn_chunk, t) ** 2 * batch * e
+    full_layer = linear * e + attn_saved
+    saved = [n * d * e if cfg.checkpoint_every and i % cfg.checkpoint_every == 0 else full_layer
+             for i in range(cfg.n_layers)]
+    # backward of block i: blocks below still hold what they saved; block i holds its activations (rebuilt
+    # if recomputed) plus, first, the MLP's gradient (its hidden already freed by then if chunked) and,
+    # later, with the MLP's activations freed, attention's gradient temporaries
+    mlp_moment = full_layer + ff * mlp_rows * e + (2 * ff * mlp_rows * e if cfg.mlp_chunk else 0) + 2 * n * d * e
+    attn_moment = full_layer - (0 if cfg.mlp_chunk else 2 * ff * n * e) + attn_temp + 2 * n * d * e
+    block_phase = max(sum(saved[:i]) for i in range(cfg.n_layers)) + max(mlp_moment, attn_moment)
+    rows = min(n, cfg.loss_chunk) if cfg.loss_chunk else n
+    head_phase = sum(saved) + 2 * n * d * e + 3 * rows * v * e  # final norm in/out; logits, log-softmax, grad
+    activations = max(block_phase, head_phase)
+    return {"parameters": params, "gradients": params, "optimizer": 2 * params, "activations": activations,
+            "total": 4 * params + activations}
+
+
+def _training_step(cfg: ModelConfig, seq_len: int, batch: int, device: str) -> tuple[int, int]:
+    """(bytes alive before the step: parameters + AdamW states, peak bytes added during the step)."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = GPT(cfg.replace(max_seq_len=max(cfg.max_seq_len, seq_len)))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
+
+    def step(t: int) -> None:
+        tokens = torch.randint(0, cfg.vocab_size, (batch, t), device=device)
+        model(tokens, tokens)[1].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step(8)  # creates the optimiser states: the measured step is a steady-state one
+    before = sum(p.nbytes for p in model.parameters())
+    before += sum(s.nbytes for st in opt.state.values() for s in st.values() if torch.is_tensor(s))
+    return before, measure_peak(lambda: step(seq_len), device)
+
+
+def measure_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, device: str = "cpu",
+                        fake: bool = True) -> dict:
+    """Measured bytes of one AdamW training step: states alive before it and the peak it adds.
+
+    ``fake=True`` (CPU only) traces the step under ``FakeTensorMode``: same bytes, no compute.
+    """
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    if not isinstance(seq_len, int) or seq_len <= 0:
+        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+    if fake and torch.device(device).type == "cpu":
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        with FakeTensorMode():
+            before, peak = _training_step(cfg, seq_len, batch, device)
+    else:
+        before, peak = _training_step(cfg, seq_len, batch, device)
+    return {"states": before, "step_peak": peak, "total": before + peak}
