@@ -6,6 +6,7 @@ import sys
 
 SWEEPS = {
     "attention": "attention memory and latency vs T per backend",
+    "ring": "ring attention over P ranks: exactness, per-rank memory and work, bytes sent",
 }
 
 

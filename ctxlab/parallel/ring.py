@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..attention import attention_with_lse, check_qkv, merge_partials, repeat_kv
 from .ring_comms import RingComm, require_process_group
-from .sharding import check_rank, shard_positions
+from .sharding import check_rank, check_world_size, shard_positions
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ def plan_block(rank: int, step: int, world_size: int, local_len: int, causal: bo
 def ring_schedule(world_size: int, local_len: int, causal: bool = True,
                   zigzag: bool = False) -> list[list[BlockTask | None]]:
     """``schedule[rank][step]``: the whole ring, as the autograd function runs it."""
+    check_world_size(world_size)
     return [[plan_block(r, s, world_size, local_len, causal, zigzag) for s in range(world_size)]
             for r in range(world_size)]
 
@@ -194,7 +195,8 @@ class RingAttention(torch.autograd.Function):
 
 def _check_same_everywhere(q: Tensor, k: Tensor, causal: bool, zigzag: bool, group: dist.ProcessGroup) -> None:
     """One small all_gather so that a rank with other shapes or flags fails loudly on every rank instead of hanging."""
-    mine = torch.tensor([*q.shape, *k.shape, int(causal), int(zigzag), q.element_size()], dtype=torch.int64)
+    mine = torch.tensor([*q.shape, *k.shape, int(causal), int(zigzag), q.element_size()], dtype=torch.int64,
+                        device=q.device)  # NCCL gathers only GPU tensors
     everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(everyone, mine, group=group)
     if any(not torch.equal(other, everyone[0]) for other in everyone):
