@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from ctxlab.bench.ring import CASES, imbalance, suite_worker
+from ctxlab.bench.ring import CASES
+from ctxlab.bench.ring_workers import imbalance, jobs_worker
 from ctxlab.parallel.context import context_parallel_step
 from ctxlab.parallel.launch import launch
 from ctxlab.parallel.ring import comm_bytes_formula, ring_attention, ring_schedule
@@ -67,53 +68,52 @@ def test_bad_inputs_without_a_process_group():
         context_parallel_step(GPT(reference_config(n_layers=1, d_model=32)), torch.zeros(1, 8, dtype=torch.long),
                               torch.zeros(1, 8, dtype=torch.long))
     with pytest.raises(ValueError, match="world_size"):
-        launch(suite_worker, 0, CASES, 8, [])
+        launch(jobs_worker, 0, {})
 
 
-def _check_exact(results, cases):
-    rows = [r for res in results for r in res["exact"]]
-    assert {(r["causal"], r["zigzag"]) for r in rows} == set(cases)
+def _check_exact(rows, runs):
+    assert {(r["P"], r["causal"], r["zigzag"], r["T"]) for r in rows} == set(runs)
+    assert len(rows) == sum(run[0] for run in runs)  # one row per rank of every ring
     for r in rows:
         for key in ("err_out", "err_dq", "err_dk", "err_dv"):
-            assert r[key] <= TOL, (r["causal"], r["zigzag"], r["rank"], key, r[key])
-    return rows
-
-
-def _check_training(results, world_size):
-    for res in results:
-        for row in res["train"]:
-            assert row["loss_err"] <= TOL and row["grad_err"] <= TOL, row
-            assert row["attention_after"] == "sdpa"  # the model is left as it was
-    losses = {round(row["loss"], 6) for res in results for row in res["train"]}
-    assert len(losses) == 1  # every rank reports the same global loss
-
-
-def test_two_ranks_all_cases_training_step_and_bad_inputs():
-    results = launch(suite_worker, 2, CASES, 16, [False, True], True, timeout=120)
-    rows = _check_exact(results, CASES)
-    assert imbalance(rows, True, True) == 1.0
-    assert imbalance(rows, True, False) == pytest.approx(4 / 3)
-    for r in rows:  # bytes each rank really sent, vs the formula
-        formula = comm_bytes_formula(2, r["kv_block_bytes"])
+            assert r[key] <= TOL, (r["P"], r["causal"], r["zigzag"], r["rank"], key, r[key])
+        formula = comm_bytes_formula(r["P"], r["kv_block_bytes"])  # the bytes each rank really sent
         assert (r["forward_bytes"], r["backward_bytes"]) == (formula["forward"], formula["backward"])
-    _check_training(results, 2)
+
+
+def test_rings_of_two_three_and_four_ranks():
+    """One launch of 4 gloo ranks runs the rings of 1, 2, 3 (plain sharding only) and 4 ranks."""
+    runs = [(p, causal, zigzag, 8 * p) for p in (2, 4) for causal, zigzag in CASES]
+    runs += [(3, causal, False, 24) for causal in (False, True)] + [(1, True, True, 8)]
+    train = [(2, False), (2, True), (3, False), (4, True)]
+    results = launch(jobs_worker, 4, {"exact": (runs,), "train": (train,), "bad": ()}, timeout=240)
+    rows = [r for res in results for r in res["exact"]]
+    _check_exact(rows, runs)
+    for p in (2, 3, 4):
+        assert imbalance(rows, p, causal=True, zigzag=False) == pytest.approx(2 * p / (p + 1))
+    assert imbalance(rows, 2, causal=True, zigzag=True) == imbalance(rows, 4, causal=True, zigzag=True) == 1.0
+
+    steps = [row for res in results for row in res["train"]]
+    assert len(steps) == sum(p for p, _ in train)
+    for row in steps:
+        assert row["loss_err"] <= TOL and row["grad_err"] <= TOL, row
+        assert row["attention_after"] == "sdpa"  # the model is left as it was
+    for p, zigzag in train:  # every rank of a ring reports the same global loss
+        assert len({row["loss"] for row in steps if (row["P"], row["zigzag"]) == (p, zigzag)}) == 1
+
     for res in results:  # every rank sees the problem and says what it is: no hang
         assert "same q/k/v shapes" in res["bad"]["mismatched_shapes"]
         assert "even local length" in res["bad"]["odd_zigzag"]
 
 
-def test_three_ranks_plain_sharding():
-    cases = [(False, False), (True, False)]
-    results = launch(suite_worker, 3, cases, 3 * 8, [False], timeout=120)
-    rows = _check_exact(results, cases)
-    assert imbalance(rows, True, False) == pytest.approx(6 / 4)
-    _check_training(results, 3)
-
-
-def test_four_ranks_all_cases_and_training_step():
-    results = launch(suite_worker, 4, CASES, 32, [True], timeout=180)
-    rows = _check_exact(results, CASES)
-    assert imbalance(rows, True, True) == 1.0
-    assert imbalance(rows, True, False) == pytest.approx(8 / 5)
-    _check_training(results, 4)
-
+def test_bench_cli_last_line():
+    import re
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "ctxlab.bench", "ring", "--world-size", "2", "--seq-len", "16",
+                          "--mem-seq-len", "128"], capture_output=True, text=True, check=True, timeout=180).stdout
+    last = out.strip().splitlines()[-1]
+    match = re.fullmatch(r"max_err=(\S+) mem_ratio_p2_vs_p1=(\S+) zigzag_imbalance=(\S+) plain_imbalance=(\S+)", last)
+    assert match, last
+    max_err, mem_ratio, zigzag, plain = map(float, match.groups())
+    assert max_err <= TOL and mem_ratio < 0.6 and zigzag == 1.0 and plain == pytest.approx(4 / 3, abs=1e-4)
