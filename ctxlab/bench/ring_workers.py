@@ -164,7 +164,9 @@ def budget_worker(rank: int, world_size: int, budget_bytes: int, sizes: list[int
                 while fits(local + granule):
                     local += granule
             largest[size] = local * size
-        dist.barrier()
+        shared = torch.tensor([local], device=device)
+        dist.broadcast(shared, src=0)  # rank 0 ran every ring: the next size starts from its L on every rank
+        local = int(shared.item())
     return largest
 
 
