@@ -47,3 +47,79 @@ def attention_point_figure(rows: list[dict], seq_len: int, max_mib: float, max_m
     fig.suptitle(f"attention forward + backward at T = {seq_len}")
     fig.tight_layout()
     return fig
+
+
+def ring_step_grids(world_size: int, causal: bool = True, zigzag: bool = True) -> list[np.ndarray]:
+    """For each ring step, the global score matrix (in chunks of T/2P tokens): the rank that computes each
+    block at that step, -2 where an earlier step did, -1 where nothing ever does (masked). Read off
+    ``ring.ring_schedule``, the schedule the autograd function runs."""
+    from .parallel.ring import ring_schedule
+    from .parallel.sharding import shard_positions
+
+    n = 2 * world_size  # two chunks per rank: zig-zag's granularity, and half a block for plain sharding
+    grids, done = [], np.zeros((n, n), dtype=bool)
+    schedule = ring_schedule(world_size, 2, causal, zigzag)
+    for step in range(world_size):
+        grid = np.full((n, n), -1)
+        grid[done] = -2
+        for row in schedule:
+            task = row[step]
+            if task is None:
+                continue
+            qp = shard_positions(n, task.rank, world_size, zigzag)[task.q0:task.q1].tolist()
+            kp = shard_positions(n, task.kv_rank, world_size, zigzag)[task.k0:task.k1].tolist()
+            for i in qp:
+                for j in kp:
+                    if not task.masked or j <= i:
+                        grid[i, j] = task.rank
+        done |= grid >= 0
+        grids.append(grid)
+    return grids
+
+
+def ring_step_axes(ax, grid: np.ndarray, step: int, world_size: int) -> None:
+    """One step of the ring: blocks coloured by the rank computing them now, grey = computed earlier."""
+    from matplotlib.colors import ListedColormap
+
+    colours = ["white", "0.85"] + [plt.cm.tab10(r % 10) for r in range(world_size)]
+    ax.imshow(grid + 2, cmap=ListedColormap(colours), vmin=0, vmax=world_size + 1)
+    for (i, j), r in np.ndenumerate(grid):
+        if r >= 0:
+            ax.text(j, i, str(r), ha="center", va="center", fontsize=7, color="white")
+    holders = ", ".join(f"{r}:{(r - step) % world_size}" for r in range(world_size))
+    ax.set_title(f"step {step}\nrank:K/V held  {holders}", fontsize=8)
+    ax.set_xticks(range(grid.shape[1]))
+    ax.set_yticks(range(grid.shape[0]))
+    ax.tick_params(labelsize=6)
+    ax.set_xlabel("key chunk", fontsize=8)
+    ax.set_ylabel("query chunk", fontsize=8)
+
+
+def ring_schedule_figure(world_size: int, causal: bool = True, zigzag: bool = True):
+    """All steps of the ring side by side (see ``ring_step_grids``)."""
+    grids = ring_step_grids(world_size, causal, zigzag)
+    fig, axes = plt.subplots(1, world_size, figsize=(2.6 * world_size, 3.0))
+    for step, (ax, grid) in enumerate(zip(np.atleast_1d(axes), grids)):
+        ring_step_axes(ax, grid, step, world_size)
+    fig.suptitle(f"{'causal' if causal else 'non-causal'} ring, {'zig-zag' if zigzag else 'plain'} sharding, "
+                 f"P={world_size}: number = rank computing the block", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def work_heatmaps(works: dict[str, list[list[int]]]):
+    """Per-rank, per-step work (score entries computed) of real runs, one heatmap per layout, shared scale."""
+    fig, axes = plt.subplots(1, len(works), figsize=(4.2 * len(works), 2.8))
+    vmax = max(max(max(row) for row in w) for w in works.values())
+    for ax, (title, work) in zip(np.atleast_1d(axes), works.items()):
+        grid = np.asarray(work)
+        ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax)
+        for (r, s), value in np.ndenumerate(grid):
+            ax.text(s, r, str(value), ha="center", va="center", fontsize=7, color="white" if value < vmax / 2 else "k")
+        totals = grid.sum(axis=1)
+        ax.set_yticks(range(len(grid)), [f"rank {r} ({t})" for r, t in enumerate(totals)], fontsize=7)
+        ax.set_xticks(range(grid.shape[1]))
+        ax.set_xlabel("ring step")
+        ax.set_title(f"{title}: max/mean = {totals.max() / totals.mean():.2f}", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -7,6 +7,7 @@ import sys
 SWEEPS = {
     "attention": "attention memory and latency vs T per backend",
     "clipping": "gradient clipping rules compared; a long-context run with and without clipping",
+    "ring": "ring attention over P ranks: exactness, per-rank memory and work, bytes sent",
 }
 
 

@@ -1,0 +1,119 @@
+"""Ring attention (context parallelism): schedule and sharding maths here, the real ring on gloo ranks below."""
+import pytest
+import torch
+
+from ctxlab.bench.ring import CASES
+from ctxlab.bench.ring_workers import imbalance, jobs_worker
+from ctxlab.parallel.context import context_parallel_step
+from ctxlab.parallel.launch import launch
+from ctxlab.parallel.ring import comm_bytes_formula, ring_attention, ring_schedule
+from ctxlab.parallel.sharding import chunk_ids, shard, shard_positions, unshard
+
+TOL = 1e-5
+
+
+@pytest.mark.parametrize("world_size,zigzag", [(1, False), (3, False), (4, False), (2, True), (4, True)])
+def test_shard_unshard_round_trip_and_positions(world_size, zigzag):
+    x = torch.arange(2 * 24).reshape(2, 24)
+    parts = [shard(x, r, world_size, zigzag) for r in range(world_size)]
+    assert torch.equal(unshard(parts, zigzag), x)
+    positions = [shard_positions(24, r, world_size, zigzag) for r in range(world_size)]
+    for r in range(world_size):  # the positions are the global indices of the tokens the rank holds
+        assert torch.equal(parts[r][0], positions[r])
+    assert sorted(torch.cat(positions).tolist()) == list(range(24))
+
+
+def test_zigzag_gives_each_rank_an_early_and_a_late_chunk():
+    assert [chunk_ids(r, 4, True) for r in range(4)] == [[0, 7], [1, 6], [2, 5], [3, 4]]
+    assert shard_positions(8, 1, 2, True).tolist() == [2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4, 8])
+def test_schedule_work_balance(world_size):
+    def work(zigzag):
+        return [sum(t.work for t in row if t is not None) for row in ring_schedule(world_size, 8, True, zigzag)]
+    plain = work(False)
+    assert max(plain) / (sum(plain) / world_size) == pytest.approx(2 * world_size / (world_size + 1))
+    assert len(set(work(True))) == 1  # zig-zag: every rank computes the same number of score entries
+    schedule = ring_schedule(world_size, 8, causal=False)
+    for rank, row in enumerate(schedule):  # every rank meets every K/V block exactly once
+        assert sorted(t.kv_rank for t in row) == list(range(world_size))
+        assert row[0].kv_rank == rank
+
+
+def test_comm_formula():
+    assert comm_bytes_formula(1, 100) == {"forward": 0, "backward": 0}
+    assert comm_bytes_formula(4, 100) == {"forward": 600, "backward": 600 + 800}
+
+
+def test_bad_inputs_without_a_process_group():
+    x = torch.zeros(1, 10)
+    with pytest.raises(ValueError, match="multiple of world_size = 3"):
+        shard(x, 0, 3, zigzag=False)
+    with pytest.raises(ValueError, match=r"multiple of 2 \* world_size = 4"):
+        shard(torch.zeros(1, 6), 0, 2, zigzag=True)
+    with pytest.raises(ValueError, match="world_size must be a positive int"):
+        shard(x, 0, 0, zigzag=False)
+    with pytest.raises(ValueError, match="world_size must be a positive int"):
+        ring_schedule(0, 8)
+    with pytest.raises(ValueError, match="rank must be"):
+        shard_positions(8, 2, 2, False)
+    with pytest.raises(ValueError, match="same shape"):
+        unshard([torch.zeros(1, 4), torch.zeros(1, 6)], zigzag=False)
+    q = torch.zeros(1, 2, 4, 8)
+    with pytest.raises(RuntimeError, match="initialised torch.distributed process group"):
+        ring_attention(q, q, q)
+    from ctxlab import GPT, reference_config
+    with pytest.raises(RuntimeError, match="initialised torch.distributed process group"):
+        context_parallel_step(GPT(reference_config(n_layers=1, d_model=32)), torch.zeros(1, 8, dtype=torch.long),
+                              torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="world_size"):
+        launch(jobs_worker, 0, {})
+
+
+def _check_exact(rows, runs):
+    assert {(r["P"], r["causal"], r["zigzag"], r["T"]) for r in rows} == set(runs)
+    assert len(rows) == sum(run[0] for run in runs)  # one row per rank of every ring
+    for r in rows:
+        for key in ("err_out", "err_dq", "err_dk", "err_dv"):
+            assert r[key] <= TOL, (r["P"], r["causal"], r["zigzag"], r["rank"], key, r[key])
+        formula = comm_bytes_formula(r["P"], r["kv_block_bytes"])  # the bytes each rank really sent
+        assert (r["forward_bytes"], r["backward_bytes"]) == (formula["forward"], formula["backward"])
+
+
+def test_rings_of_two_three_and_four_ranks():
+    """One launch of 4 gloo ranks runs the rings of 1, 2, 3 (plain sharding only) and 4 ranks."""
+    runs = [(p, causal, zigzag, 8 * p) for p in (2, 4) for causal, zigzag in CASES]
+    runs += [(3, causal, False, 24) for causal in (False, True)] + [(1, True, True, 8)]
+    train = [(2, False), (2, True), (3, False), (4, True)]
+    results = launch(jobs_worker, 4, {"exact": (runs,), "train": (train,), "bad": ()}, timeout=240)
+    rows = [r for res in results for r in res["exact"]]
+    _check_exact(rows, runs)
+    for p in (2, 3, 4):
+        assert imbalance(rows, p, causal=True, zigzag=False) == pytest.approx(2 * p / (p + 1))
+    assert imbalance(rows, 2, causal=True, zigzag=True) == imbalance(rows, 4, causal=True, zigzag=True) == 1.0
+
+    steps = [row for res in results for row in res["train"]]
+    assert len(steps) == sum(p for p, _ in train)
+    for row in steps:
+        assert row["loss_err"] <= TOL and row["grad_err"] <= TOL, row
+        assert row["attention_after"] == "sdpa"  # the model is left as it was
+    for p, zigzag in train:  # every rank of a ring reports the same global loss
+        assert len({row["loss"] for row in steps if (row["P"], row["zigzag"]) == (p, zigzag)}) == 1
+
+    for res in results:  # every rank sees the problem and says what it is: no hang
+        assert "same q/k/v shapes" in res["bad"]["mismatched_shapes"]
+        assert "even local length" in res["bad"]["odd_zigzag"]
+
+
+def test_bench_cli_last_line():
+    import re
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "ctxlab.bench", "ring", "--world-size", "2", "--seq-len", "16",
+                          "--mem-seq-len", "128"], capture_output=True, text=True, check=True, timeout=180).stdout
+    last = out.strip().splitlines()[-1]
+    match = re.fullmatch(r"max_err=(\S+) mem_ratio_p2_vs_p1=(\S+) zigzag_imbalance=(\S+) plain_imbalance=(\S+)", last)
+    assert match, last
+    max_err, mem_ratio, zigzag, plain = map(float, match.groups())
+    assert max_err <= TOL and mem_ratio < 0.6 and zigzag == 1.0 and plain == pytest.approx(4 / 3, abs=1e-4)
