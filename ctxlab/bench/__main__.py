@@ -6,6 +6,7 @@ import sys
 
 SWEEPS = {
     "attention": "attention memory and latency vs T per backend",
+    "pipeline": "GPipe and 1F1B on p ranks: step time, bubble measured vs (p-1)/(m+p-1)",
 }
 
 
