@@ -8,6 +8,7 @@ SWEEPS = {
     "attention": "attention memory and latency vs T per backend",
     "clipping": "gradient clipping rules compared; a long-context run with and without clipping",
     "ring": "ring attention over P ranks: exactness, per-rank memory and work, bytes sent",
+    "pipeline": "GPipe and 1F1B on p ranks: step time, bubble measured vs (p-1)/(m+p-1)",
 }
 
 

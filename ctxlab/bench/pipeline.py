@@ -1,0 +1,87 @@
+"""GPipe and 1F1B run for real on p ranks: step time, bubble measured from the recorded events vs theory.
+
+``python -m ctxlab.bench pipeline --stages 2 --microbatches 8``. One launch runs every schedule and
+micro-batch count; the first step of each is a warm-up and the bubble is the median of the others.
+The last line is ``bubble_measured=<1F1B> bubble_theory=<(p-1)/(m+p-1)>``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from ..config import ModelConfig, reference_config
+from ..parallel.bubble import bubble_measured, bubble_theory, peak_held, step_time
+from ..parallel.launch import launch
+from ..parallel.pipeline import SCHEDULES, pipeline_worker, stage_bounds
+from . import format_table
+
+
+def sweep_worker(rank: int, world_size: int, cfg: ModelConfig, micro_batch: int, seq_len: int,
+                 micro_counts: list[int], steps: int, measure_memory: bool = False) -> list[dict]:
+    """Every (schedule, m) on this stage, in one process group; returns this stage's recorded runs."""
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for m in micro_counts:
+        tokens = torch.randint(0, cfg.vocab_size, (m * micro_batch, seq_len), generator=gen)
+        for schedule in SCHEDULES:
+            out = pipeline_worker(rank, world_size, cfg, tokens, tokens.roll(-1, 1), m, schedule, steps=steps,
+                                  measure_memory=measure_memory)
+            rows.append({"schedule": schedule, "m": m, "runs": out["runs"], "peak_bytes": out["peak_bytes"]})
+    return rows
+
+
+def summarize(per_rank: list[list[dict]]) -> list[dict]:
+    """One row per (schedule, m): median bubble and step time over the timed steps, activations held."""
+    rows = []
+    for j, first in enumerate(per_rank[0]):
+        runs = [r[j]["runs"] for r in per_rank]
+        timed = range(1, len(runs[0])) if len(runs[0]) > 1 else range(1)
+        steps = [[stage_runs[k] for stage_runs in runs] for k in timed]
+        p = len(per_rank)
+        rows.append({"schedule": first["schedule"], "m": first["m"], "p": p,
+                     "step_ms": statistics.median(step_time(s) for s in steps) * 1e3,
+                     "bubble": statistics.median(bubble_measured(s) for s in steps),
+                     "theory": bubble_theory(p, first["m"]),
+                     "held": [peak_held(stage_runs[-1]) for stage_runs in runs],
+                     "peak_mib": [r[j]["peak_bytes"] / 2**20 if r[j]["peak_bytes"] is not None else None
+                                  for r in per_rank],
+                     "events": steps[-1]})
+    return rows
+
+
+def run(stages: int = 2, micro_counts: tuple[int, ...] = (8,), steps: int = 3, cfg: ModelConfig | None = None,
+        micro_batch: int = 2, seq_len: int = 128, measure_memory: bool = False, timeout: float = 600) -> list[dict]:
+    """Launch ``stages`` ranks once and run every schedule at every micro-batch count."""
+    cfg = cfg or reference_config()
+    stage_bounds(cfg.n_layers, stages)
+    if not micro_counts or any(not isinstance(m, int) or m < 1 for m in micro_counts):
+        raise ValueError(f"micro_counts must be ints >= 1, got {micro_counts!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if seq_len > cfg.max_seq_len:
+        raise ValueError(f"seq_len must be <= cfg.max_seq_len={cfg.max_seq_len}, got {seq_len}")
+    per_rank = launch(sweep_worker, stages, cfg, micro_batch, seq_len, list(micro_counts), steps, measure_memory,
+                      timeout=timeout)
+    return summarize(per_rank)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ctxlab.bench pipeline", description=__doc__)
+    parser.add_argument("--stages", type=int, default=2)
+    parser.add_argument("--microbatches", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=4, help="steps per schedule; the first is a warm-up")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--micro-batch", type=int, default=2, help="sequences per micro-batch")
+    args = parser.parse_args(argv)
+    cfg = reference_config()
+    rows = run(args.stages, (args.microbatches,), args.steps, cfg, args.micro_batch, args.seq_len)
+    print(f"reference GPT ({cfg.n_layers} layers, d={cfg.d_model}) split in {args.stages} stages "
+          f"{stage_bounds(cfg.n_layers, args.stages)}, micro-batch {args.micro_batch} x {args.seq_len} tokens")
+    for r in rows:
+        r["held"] = "/".join(map(str, r["held"]))
+    print(format_table(rows, ["schedule", "p", "m", "step_ms", "bubble", "theory", "held"]))
+    one_f_one_b = next(r for r in rows if r["schedule"] == "1f1b")
+    print("last line: the 1F1B run (held = peak micro-batches of activations per stage)")
+    print(f"bubble_measured={one_f_one_b['bubble']:.4f} bubble_theory={one_f_one_b['theory']:.4f}")

@@ -1,0 +1,73 @@
+"""The pipeline bubble: idle time of the stages, measured from recorded events or from an ideal timeline.
+
+With p stages of equal time and m micro-batches, one step lasts (m + p - 1) time units of a stage and
+each stage is busy m of them, so the idle share is (p - 1) / (m + p - 1) (Huang et al. 2019) for GPipe
+and 1F1B alike. ``simulate`` replays a schedule's per-stage order with fixed forward/backward times and
+the only dependencies that exist (F needs the previous stage's F, B needs the next stage's B).
+"""
+from __future__ import annotations
+
+from .pipeline import schedule_order
+
+Event = tuple[str, int, float, float]  # kind ("F"/"B"), micro-batch, start, end
+
+
+def bubble_theory(n_stages: int, n_micro: int) -> float:
+    """(p - 1) / (m + p - 1): the idle share of a pipeline with equal stage times and free communication."""
+    if n_stages < 1 or n_micro < 1:
+        raise ValueError(f"n_stages and n_micro must be >= 1, got {n_stages} and {n_micro}")
+    return (n_stages - 1) / (n_micro + n_stages - 1)
+
+
+def bubble_measured(events_by_stage: list[list[Event]]) -> float:
+    """1 - busy / (p x step time): step time from the first start to the last end over all stages."""
+    if not events_by_stage or not all(events_by_stage):
+        raise ValueError("events_by_stage must hold a non-empty event list for every stage")
+    start = min(e[2] for ev in events_by_stage for e in ev)
+    end = max(e[3] for ev in events_by_stage for e in ev)
+    busy = sum(e[3] - e[2] for ev in events_by_stage for e in ev)
+    return 1.0 - busy / (len(events_by_stage) * (end - start))
+
+
+def step_time(events_by_stage: list[list[Event]]) -> float:
+    return max(e[3] for ev in events_by_stage for e in ev) - min(e[2] for ev in events_by_stage for e in ev)
+
+
+def peak_held(events: list[Event]) -> int:
+    """Most micro-batches whose forward ran and backward has not: activations alive at once on a stage."""
+    held = peak = 0
+    for kind, *_ in sorted(events, key=lambda e: e[2]):
+        held += 1 if kind == "F" else -1
+        peak = max(peak, held)
+    return peak
+
+
+def simulate(schedule: str, n_stages: int, n_micro: int, t_forward: float = 1.0,
+             t_backward: float = 2.0) -> list[list[Event]]:
+    """The ideal timeline of a schedule: each op starts when its stage is free and its inputs exist."""
+    if t_forward <= 0 or t_backward <= 0:
+        raise ValueError(f"t_forward and t_backward must be > 0, got {t_forward} and {t_backward}")
+    orders = [schedule_order(schedule, s, n_stages, n_micro) for s in range(n_stages)]
+    done: dict[tuple[str, int, int], float] = {}
+    events: list[list[Event]] = [[] for _ in range(n_stages)]
+    pos, free = [0] * n_stages, [0.0] * n_stages
+    while any(pos[s] < len(orders[s]) for s in range(n_stages)):
+        progressed = False
+        for s in range(n_stages):
+            if pos[s] == len(orders[s]):
+                continue
+            kind, i = orders[s][pos[s]]
+            dep = ("F", s - 1, i) if kind == "F" else ("B", s + 1, i)
+            if (kind == "F" and s == 0) or (kind == "B" and s == n_stages - 1):
+                dep = None
+            if dep is not None and dep not in done:
+                continue
+            begin = max(free[s], done.get(dep, 0.0) if dep else 0.0)
+            free[s] = begin + (t_forward if kind == "F" else t_backward)
+            done[(kind, s, i)] = free[s]
+            events[s].append((kind, i, begin, free[s]))
+            pos[s] += 1
+            progressed = True
+        if not progressed:
+            raise RuntimeError(f"schedule {schedule!r} deadlocks with p={n_stages}, m={n_micro}")
+    return events

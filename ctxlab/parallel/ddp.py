@@ -1,0 +1,195 @@
+"""Data parallelism from scratch: every rank holds the whole model and a slice of the global batch.
+
+After each backward the gradients are averaged across ranks with all-reduce, so every replica takes
+the same optimiser step as one process would on the whole batch. Gradients are grouped in buckets
+(last layers first, the order backward produces them) and each bucket's all-reduce starts from a
+backward hook as soon as its last gradient is ready: communication overlaps the rest of the backward.
+
+Data parallelism multiplies throughput, not context: each rank still holds a full sequence's
+activations (erratum E9). ``torchrun --nproc-per-node 2 -m ctxlab.parallel.ddp`` runs a short check.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..model import GPT
+from .launch import rank_device
+
+
+class DataParallel(nn.Module):
+    """Wraps a module; call ``finish_gradient_sync()`` after ``backward()`` and before ``optimizer.step()``."""
+
+    def __init__(self, module: nn.Module, bucket_cap_mb: float = 1.0):
+        super().__init__()
+        if not dist.is_initialized():
+            raise RuntimeError("DataParallel needs an initialised process group (use ctxlab.parallel.launch)")
+        if not bucket_cap_mb > 0:
+            raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb!r}")
+        self.module, self.world_size = module, dist.get_world_size()
+        for t in list(module.parameters()) + list(module.buffers()):  # every replica starts from rank 0's weights
+            dist.broadcast(t.data, src=0)
+        params = [p for p in module.parameters() if p.requires_grad][::-1]
+        self.buckets: list[list[nn.Parameter]] = [[]]
+        size, cap = 0, bucket_cap_mb * 2**20
+        for p in params:
+            if self.buckets[-1] and size + p.numel() * p.element_size() > cap:
+                self.buckets.append([])
+                size = 0
+            self.buckets[-1].append(p)
+            size += p.numel() * p.element_size()
+        self._bucket_of = {p: i for i, bucket in enumerate(self.buckets) for p in bucket}
+        self._ready = [0] * len(self.buckets)
+        self._in_flight: list[tuple[int, Tensor, object]] = []
+        self.launch_times: list[float] = []  # perf_counter() of each bucket's all-reduce start, last step
+        for p in params:
+            p.register_post_accumulate_grad_hook(self._grad_ready)
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def _grad_ready(self, p: Tensor) -> None:
+        b = self._bucket_of[p]
+        self._ready[b] += 1
+        if self._ready[b] == len(self.buckets[b]):  # the whole bucket is ready: start its all-reduce now
+            flat = torch.cat([q.grad.reshape(-1) for q in self.buckets[b]]).div_(self.world_size)
+            self._in_flight.append((b, flat, dist.all_reduce(flat, async_op=True)))
+            self.launch_times.append(time.perf_counter())
+
+    def finish_gradient_sync(self) -> None:
+        """Wait for every bucket's all-reduce and write the averaged gradients back."""
+        if len(self._in_flight) != len(self.buckets):
+            raise RuntimeError(f"only {len(self._in_flight)} of {len(self.buckets)} gradient buckets were reduced: "
+                               "call backward() once before finish_gradient_sync()")
+        for b, flat, handle in self._in_flight:
+            handle.wait()
+            offset = 0
+            for q in self.buckets[b]:
+                q.grad.copy_(flat[offset: offset + q.numel()].view_as(q))
+                offset += q.numel()
+        self._in_flight, self._ready = [], [0] * len(self.buckets)
+
+
+def split_batch(tokens: Tensor, rank: int, world_size: int) -> Tensor:
+    """This rank's contiguous slice of the global batch (dimension 0)."""
+    if tokens.shape[0] % world_size:
+        raise ValueError(f"batch size {tokens.shape[0]} must be divisible by world_size={world_size}")
+    n = tokens.shape[0] // world_size
+    return tokens[rank * n: (rank + 1) * n]
+
+
+def _check_run(cfg: ModelConfig, tokens: Tensor, targets: Tensor, steps: int, world_size: int) -> None:
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    if tokens.dim() != 2 or tokens.shape != targets.shape:
+        raise ValueError(f"tokens and targets must be equal (batch, time) tensors, got {tuple(tokens.shape)} "
+                         f"and {tuple(targets.shape)}")
+    if tokens.shape[0] % world_size:
+        raise ValueError(f"the global batch ({tokens.shape[0]}) must be divisible by world_size={world_size}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+
+
+def train_single(cfg: ModelConfig, tokens: Tensor, targets: Tensor, steps: int = 5, lr: float = 1e-3,
+                 seed: int = 0) -> dict:
+    """The reference: one process, the whole global batch. Returns losses and the first step's gradients."""
+    _check_run(cfg, tokens, targets, steps, 1)
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses, grads = [], {}
+    for step in range(steps):
+        _, loss = model(tokens, targets)
+        loss.backward()
+        if step == 0:
+            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return {"losses": losses, "grads": grads}
+
+
+def ddp_train_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor, targets: Tensor,
+                     steps: int = 5, lr: float = 1e-3, seed: int = 0, impl: str = "ours",
+                     bucket_cap_mb: float = 0.25) -> dict:
+    """One rank of data-parallel training with ``impl`` = "ours" (DataParallel) or "torch" (torch DDP).
+
+    Returns the global loss of every step, the first step's averaged gradients, the step times and,
+    for "ours", how many buckets were all-reduced before backward ended (overlap).
+    """
+    _check_run(cfg, tokens, targets, steps, world_size)
+    device = rank_device()
+    torch.manual_seed(seed + rank)  # different per rank on purpose: the broadcast must make replicas equal
+    if impl == "ours":
+        model = DataParallel(GPT(cfg).to(device), bucket_cap_mb=bucket_cap_mb)
+    elif impl == "torch":
+        torch.manual_seed(seed)
+        model = nn.parallel.DistributedDataParallel(GPT(cfg).to(device), bucket_cap_mb=bucket_cap_mb)
+    else:
+        raise ValueError(f"impl must be 'ours' or 'torch', got {impl!r}")
+    params = model.module
+    opt = torch.optim.AdamW(params.parameters(), lr=lr)
+    x, y = split_batch(tokens, rank, world_size).to(device), split_batch(targets, rank, world_size).to(device)
+    losses, grads, times, overlapped = [], {}, [], 0
+    for step in range(steps):
+        t0 = time.perf_counter()
+        _, loss = model(x, y)
+        loss.backward()
+        backward_end = time.perf_counter()
+        if impl == "ours":
+            overlapped = sum(t < backward_end for t in model.launch_times)
+            model.launch_times.clear()
+            model.finish_gradient_sync()
+        if step == 0:
+            grads = {n: p.grad.detach().cpu().clone() for n, p in params.named_parameters()}
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+        global_loss = loss.detach().clone()
+        dist.all_reduce(global_loss)
+        losses.append(global_loss.item() / world_size)
+    n_buckets = len(model.buckets) if impl == "ours" else None
+    return {"losses": losses, "grads": grads, "step_s": times, "buckets": n_buckets, "overlapped": overlapped}
+
+
+def ddp_compare_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor, targets: Tensor,
+                       steps: int = 5, bucket_cap_mb: float = 0.25) -> dict[str, dict]:
+    """Ours and torch's DistributedDataParallel on the same data, in one process group."""
+    return {impl: ddp_train_worker(rank, world_size, cfg, tokens, targets, steps, impl=impl,
+                                   bucket_cap_mb=bucket_cap_mb)
+            for impl in ("ours", "torch")}
+
+
+def ddp_memory_worker(rank: int, world_size: int, cfg: ModelConfig, micro_batch: int, seq_len: int) -> int:
+    """Peak bytes of one data-parallel training step on this rank at a fixed per-rank micro-batch."""
+    from ..memory import measure_peak
+
+    device = rank_device()
+    torch.manual_seed(0)
+    model = DataParallel(GPT(cfg).to(device))
+    x = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), device=device)
+
+    def step() -> None:
+        _, loss = model(x, x)
+        loss.backward()
+        model.finish_gradient_sync()
+        model.module.zero_grad(set_to_none=True)
+
+    return measure_peak(step, device)
+
+
+if __name__ == "__main__":
+    from .launch import run_from_env
+
+    def _main() -> None:
+        cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=2, max_seq_len=64)
+        gen = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, 64, (8, 32), generator=gen)
+        out = run_from_env(ddp_train_worker, cfg, tokens, tokens.roll(-1, 1), 3)
+        print("losses:", [round(v, 6) for v in out["losses"]], flush=True)
+
+    _main()

@@ -1,0 +1,289 @@
+"""Pipeline parallelism: the GPT's blocks split into p stages, one per rank, and micro-batches streamed through.
+
+Pipelining splits *layers* across devices (erratum E10): stage s runs blocks [lo_s, hi_s), the
+embedding lives on the first stage, the final norm, head and loss on the last. A step over m
+micro-batches is a *schedule*, an ordered list of ("F", i) / ("B", i) per rank:
+
+* GPipe (Huang et al. 2019): all forwards, then all backwards; holds m micro-batches of activations.
+* 1F1B (Narayanan et al. 2019): p - s - 1 warm-up forwards, then one forward / one backward, then the
+  remaining backwards; same bubble (p - 1) / (m + p - 1), but at most p - s micro-batches held.
+
+``run_schedule`` walks such a list with real send/recv (``comms``); ``simulate`` walks the same lists
+with unit times to draw the ideal timeline. Run with ``torchrun --nproc-per-node 2 -m ctxlab.parallel.pipeline``.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..model import GPT
+from . import comms
+from .launch import rank_device
+
+SCHEDULES = ("gpipe", "1f1b")
+
+
+def stage_bounds(n_layers: int, n_stages: int) -> list[tuple[int, int]]:
+    """[lo, hi) block ranges of each stage, as even as possible (earlier stages take the remainder)."""
+    if not isinstance(n_stages, int) or not 1 <= n_stages <= n_layers:
+        raise ValueError(f"n_stages must be an int in [1, n_layers={n_layers}] (each stage needs a block), "
+                         f"got {n_stages!r}")
+    base, extra = divmod(n_layers, n_stages)
+    sizes = [base + (s < extra) for s in range(n_stages)]
+    return [(sum(sizes[:s]), sum(sizes[:s + 1])) for s in range(n_stages)]
+
+
+class Stage(nn.Module):
+    """Blocks [lo, hi) of a GPT, plus the embedding on the first stage and norm + head on the last."""
+
+    def __init__(self, model: GPT, stage: int, n_stages: int):
+        super().__init__()
+        self.lo, self.hi = stage_bounds(model.cfg.n_layers, n_stages)[stage]
+        self.is_first, self.is_last = stage == 0, stage == n_stages - 1
+        m = copy.deepcopy(model)  # one copy keeps a tied embedding/head tied when both land here
+        self.embed = m.embed if self.is_first else None
+        self.rope = m.rope
+        self.blocks = nn.ModuleList(m.blocks[self.lo:self.hi])
+        self.norm = m.norm if self.is_last else None
+        self.head = m.head if self.is_last else None
+        self.tied = model.cfg.tie_weights and n_stages > 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Tokens (first stage) or hidden states in; hidden states, or logits on the last stage, out."""
+        if self.is_first:
+            x = self.embed(x)
+        cos, sin = self.rope(torch.arange(x.shape[1], device=x.device), x.dtype)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return self.head(self.norm(x)) if self.is_last else x
+
+    def full_name(self, name: str) -> str:
+        """This stage's parameter name as the whole GPT names it (the tied head is ``embed.weight``)."""
+        if name.startswith("blocks."):
+            _, j, rest = name.split(".", 2)
+            return f"blocks.{self.lo + int(j)}.{rest}"
+        return "embed.weight" if (name == "head.weight" and self.tied) else name
+
+    def tied_weight(self) -> Tensor | None:
+        """The copy of the tied embedding/head matrix held here when first and last stages differ."""
+        if not self.tied:
+            return None
+        return self.embed.weight if self.is_first else (self.head.weight if self.is_last else None)
+
+
+def microbatch_loss(logits: Tensor, targets: Tensor, n_micro: int) -> Tensor:
+    """Mean cross-entropy of one micro-batch divided by m: the m losses sum to the whole batch's mean."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)) / n_micro
+
+
+def schedule_order(schedule: str, stage: int, n_stages: int, n_micro: int) -> list[tuple[str, int]]:
+    """The ordered ("F"|"B", micro-batch) operations of one stage: the whole schedule in one list."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule == "gpipe":
+        return [("F", i) for i in range(n_micro)] + [("B", i) for i in range(n_micro)]
+    warmup = min(n_stages - stage - 1, n_micro)
+    order = [("F", i) for i in range(warmup)]
+    for i in range(n_micro - warmup):  # steady state: one forward, one backward
+        order += [("F", warmup + i), ("B", i)]
+    return order + [("B", i) for i in range(n_micro - warmup, n_micro)]
+
+
+class EventRecorder:
+    """Start/end (seconds from a common barrier) of every forward and backward, and activations held."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, float, float]] = []
+        self.held = self.peak_held = 0
+        if dist.is_initialized():
+            dist.barrier()
+        self.t0 = time.perf_counter()
+
+    def record(self, kind: str, mb: int, start: float) -> None:
+        self.events.append((kind, mb, start - self.t0, time.perf_counter() - self.t0))
+        self.held += 1 if kind == "F" else -1
+        self.peak_held = max(self.peak_held, self.held)
+
+
+def run_schedule(stage: Stage, order: list[tuple[str, int]], tokens: list[Tensor], targets: list[Tensor],
+                 hidden_like: tuple, rank: int, recorder: EventRecorder) -> float:
+    """One training step over the micro-batches in ``order``; returns the summed loss on the last stage.
+
+    When a forward is followed by a backward (or the reverse), the send and the next receive are one
+    paired exchange, as neighbours in 1F1B's steady state send to each other at the same time.
+    """
+    n_micro, inputs, outputs = len(tokens), {}, {}
+    next_input = next_grad = None
+    loss_sum = 0.0
+    for j, (kind, i) in enumerate(order):
+        then = order[j + 1][0] if j + 1 < len(order) else None
+        if kind == "F":
+            x = tokens[i] if stage.is_first else (next_input if next_input is not None
+                                                  else comms.recv_forward(hidden_like, rank).requires_grad_())
+            next_input = None
+            start = time.perf_counter()
+            y = stage(x)
+            if stage.is_last:
+                y = microbatch_loss(y, targets[i], n_micro)
+                loss_sum += y.item()
+            recorder.record("F", i, start)
+            inputs[i], outputs[i] = x, y
+            if not stage.is_last:
+                if then == "B":
+                    next_grad = comms.send_forward_recv_backward(y.detach(), hidden_like, rank)
+                else:
+                    comms.send_forward(y.detach(), rank)
+        else:
+            grad = None if stage.is_last else (next_grad if next_grad is not None
+                                               else comms.recv_backward(hidden_like, rank))
+            next_grad = None
+            start = time.perf_counter()
+            torch.autograd.backward(outputs.pop(i), grad)
+            recorder.record("B", i, start)
+            x = inputs.pop(i)
+            if not stage.is_first:
+                if then == "F":
+                    next_input = comms.send_backward_recv_forward(x.grad, hidden_like, rank).requires_grad_()
+                else:
+                    comms.send_backward(x.grad, rank)
+    return loss_sum
+
+
+def sync_tied_grad(stage: Stage, rank: int, n_stages: int) -> None:
+    """Embedding on the first stage, head on the last, one matrix: each adds the other's gradient."""
+    weight = stage.tied_weight()
+    if weight is not None:
+        comms.add_from_peer_(weight.grad, n_stages - 1 if rank == 0 else 0)
+
+
+def check_step(cfg: ModelConfig, tokens: Tensor, targets: Tensor, n_stages: int, n_micro: int) -> None:
+    """Bad shapes and counts are reported before any process starts."""
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    stage_bounds(cfg.n_layers, n_stages)
+    if tokens.dim() != 2 or tokens.shape != targets.shape:
+        raise ValueError(f"tokens and targets must be equal (batch, time) tensors, got {tuple(tokens.shape)} "
+                         f"and {tuple(targets.shape)}")
+    if not isinstance(n_micro, int) or n_micro < 1 or tokens.shape[0] % n_micro:
+        raise ValueError(f"n_micro (micro-batches) must be an int >= 1 dividing the batch size {tokens.shape[0]}, "
+                         f"got {n_micro!r}")
+
+
+def pipeline_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor, targets: Tensor, n_micro: int,
+                    schedule: str = "1f1b", steps: int = 1, seed: int = 0, impl: str = "ours",
+                    measure_memory: bool = False) -> dict:
+    """One rank (= one stage) of ``steps`` pipeline training steps without an optimiser (the same step repeated).
+
+    ``impl`` = "ours" (``run_schedule``) or "torch" (``torch.distributed.pipelining`` on the same split).
+    Returns this stage's gradients by full-model name, the loss (last stage), per-step recorded events,
+    the peak number of micro-batches held, and, if asked, the peak bytes of a step.
+    """
+    check_step(cfg, tokens, targets, world_size, n_micro)
+    if impl not in ("ours", "torch"):
+        raise ValueError(f"impl must be 'ours' or 'torch', got {impl!r}")
+    device = rank_device()
+    torch.manual_seed(seed)
+    stage = Stage(GPT(cfg), rank, world_size).to(device)
+    tok_mbs = list(tokens.to(device).chunk(n_micro))
+    tgt_mbs = list(targets.to(device).chunk(n_micro))
+    hidden_like = ((tok_mbs[0].shape[0], tokens.shape[1], cfg.d_model), torch.float32, device)
+    order = schedule_order(schedule, rank, world_size, n_micro)
+    runs, loss, grads, peak_bytes = [], None, {}, None
+    native = _torch_schedule(stage, rank, world_size, n_micro, schedule, device) if impl == "torch" else None
+    for step in range(steps):
+        stage.zero_grad(set_to_none=True)
+        recorder = EventRecorder()
+
+        def one_step() -> float:
+            if native is None:
+                return run_schedule(stage, order, tok_mbs, tgt_mbs, hidden_like, rank, recorder)
+            return _run_torch_schedule(native, stage, tokens.to(device), targets.to(device))
+
+        if measure_memory and step == steps - 1:
+            from ..memory import measure_peak
+            box = []
+            peak_bytes = measure_peak(lambda: box.append(one_step()), device)
+            loss = box[0]
+        else:
+            loss = one_step()
+        runs.append(recorder.events)
+        sync_tied_grad(stage, rank, world_size)
+        if step == 0:
+            grads = {stage.full_name(n): p.grad.detach().cpu().clone() for n, p in stage.named_parameters()}
+    return {"rank": rank, "loss": loss if stage.is_last else None, "grads": grads, "runs": runs,
+            "peak_held": recorder.peak_held, "peak_bytes": peak_bytes}
+
+
+def _torch_schedule(stage: Stage, rank: int, n_stages: int, n_micro: int, schedule: str, device):
+    import inspect
+
+    from torch.distributed import pipelining
+
+    kind = {"gpipe": pipelining.ScheduleGPipe, "1f1b": pipelining.Schedule1F1B}[schedule]
+    pstage = pipelining.PipelineStage(stage, rank, n_stages, device)
+    kw = {"scale_grads": False} if "scale_grads" in inspect.signature(kind).parameters else {}
+    return kind(pstage, n_microbatches=n_micro, loss_fn=lambda out, tgt: microbatch_loss(out, tgt, n_micro), **kw)
+
+
+def _run_torch_schedule(native, stage: Stage, tokens: Tensor, targets: Tensor) -> float:
+    if stage.is_first and stage.is_last:
+        raise ValueError("the torch schedules need at least 2 stages")
+    if stage.is_first:
+        native.step(tokens)
+        return 0.0
+    if stage.is_last:
+        losses: list[Tensor] = []
+        native.step(target=targets, losses=losses)
+        return float(sum(v.item() for v in losses))
+    native.step()
+    return 0.0
+
+
+def single_process_step(cfg: ModelConfig, tokens: Tensor, targets: Tensor, seed: int = 0) -> dict:
+    """The reference: the whole GPT, the whole batch, one forward and backward."""
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    _, loss = model(tokens, targets)
+    loss.backward()
+    return {"loss": loss.item(), "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
+
+
+def merge_grads(results: list[dict]) -> dict:
+    """All stages' gradients in one dict keyed like ``GPT.named_parameters()``."""
+    merged: dict = {}
+    for r in results:
+        merged.update(r["grads"])
+    return merged
+
+
+def schedules_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor, targets: Tensor,
+                     n_micro: int, impls: tuple[str, ...] = ("ours",), **kw) -> dict[str, dict]:
+    """Both schedules (and implementations) in one process group: one launch, or one torchrun, for all."""
+    return {f"{name}/{impl}": pipeline_worker(rank, world_size, cfg, tokens, targets, n_micro, name, impl=impl, **kw)
+            for impl in impls for name in SCHEDULES}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from .launch import run_from_env
+
+    parser = argparse.ArgumentParser(description="one pipeline step per schedule, checked against one process")
+    parser.add_argument("--microbatches", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=32)
+    args = parser.parse_args()
+    cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=4, n_heads=2, max_seq_len=args.seq_len)
+    x = torch.randint(0, 64, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0))
+    reference = single_process_step(cfg, x, x.roll(-1, 1))
+    for name, out in run_from_env(schedules_worker, cfg, x, x.roll(-1, 1), args.microbatches).items():
+        if out["loss"] is not None:
+            print(f"{name}: loss {out['loss']:.6f} single-process {reference['loss']:.6f} "
+                  f"diff {abs(out['loss'] - reference['loss']):.1e}", flush=True)
+        print(f"{name}: rank {out['rank']} peak micro-batches held {out['peak_held']}", flush=True)

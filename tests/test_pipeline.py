@@ -1,0 +1,90 @@
+"""GPipe and 1F1B over real send/recv equal one process and torch.distributed.pipelining; the bubble."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ctxlab import ModelConfig
+from ctxlab.bench.pipeline import main, run
+from ctxlab.parallel import launch
+from ctxlab.parallel.bubble import bubble_measured, bubble_theory, peak_held, simulate
+from ctxlab.parallel.pipeline import (SCHEDULES, check_step, merge_grads, schedule_order, schedules_worker,
+                                      single_process_step, stage_bounds)
+
+CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=3, n_heads=2, max_seq_len=32)
+
+
+def batch(n=6, t=16):
+    gen = torch.Generator().manual_seed(2)
+    return torch.randint(0, 64, (n, t), generator=gen), torch.randint(0, 64, (n, t), generator=gen)
+
+
+def assert_matches_single_process(per_rank, ref, key):
+    runs = [r[key] for r in per_rank]
+    assert abs(runs[-1]["loss"] - ref["loss"]) < 1e-5, key
+    grads = merge_grads(runs)
+    assert set(grads) == set(ref["grads"]), key
+    for name, g in ref["grads"].items():
+        torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=0, msg=f"{key} {name}")
+
+
+@pytest.mark.parametrize("stages, impls", [(2, ("ours", "torch")), (3, ("ours", "torch"))])
+def test_schedules_equal_single_process_and_torch_pipelining(stages, impls):
+    x, y = batch()
+    ref = single_process_step(CFG, x, y)
+    per_rank = launch(schedules_worker, stages, CFG, x, y, 3, impls, timeout=180)
+    for impl in impls:
+        for name in SCHEDULES:
+            assert_matches_single_process(per_rank, ref, f"{name}/{impl}")
+    assert [r["gpipe/ours"]["peak_held"] for r in per_rank] == [3] * stages
+    assert [r["1f1b/ours"]["peak_held"] for r in per_rank] == [min(stages - s, 3) for s in range(stages)]
+
+
+def test_the_ideal_timeline_has_the_textbook_bubble_and_memory():
+    for schedule in SCHEDULES:
+        for p, m in [(2, 8), (4, 4), (4, 16), (8, 3)]:
+            events = simulate(schedule, p, m)
+            assert bubble_measured(events) == pytest.approx(bubble_theory(p, m))
+            held = [peak_held(e) for e in events]
+            assert held == ([m] * p if schedule == "gpipe" else [min(p - s, m) for s in range(p)])
+    assert schedule_order("1f1b", 0, 2, 3) == [("F", 0), ("F", 1), ("B", 0), ("F", 2), ("B", 1), ("B", 2)]
+
+
+def test_bench_measures_memory_and_its_cli_prints_the_bubble_last(capsys):
+    cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=2, max_seq_len=32)
+    rows = run(2, (4,), steps=2, cfg=cfg, micro_batch=2, seq_len=32, measure_memory=True)
+    by = {r["schedule"]: r for r in rows}
+    assert by["gpipe"]["held"] == [4, 4] and by["1f1b"]["held"] == [2, 1]
+    assert by["1f1b"]["peak_mib"][0] < by["gpipe"]["peak_mib"][0]  # 2 micro-batches held instead of 4
+    assert all(0 <= r["bubble"] < 1 and r["theory"] == pytest.approx(1 / 5) for r in rows)
+    main(["--stages", "2", "--microbatches", "2", "--steps", "2", "--seq-len", "16", "--micro-batch", "1"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("bubble_measured=") and last.endswith("bubble_theory=0.3333"), last
+
+
+def test_pipeline_runs_under_torchrun():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "ctxlab.parallel.pipeline", "--microbatches", "4"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    diffs = [float(line.rsplit("diff ", 1)[1]) for line in out.stdout.splitlines() if " diff " in line]
+    assert len(diffs) == 2 and max(diffs) < 1e-5, out.stdout
+
+
+def test_bad_inputs():
+    x, y = batch()
+    with pytest.raises(ValueError, match="n_stages"):
+        stage_bounds(3, 4)
+    with pytest.raises(ValueError, match="n_micro"):
+        check_step(CFG, x, y, 2, 4)
+    with pytest.raises(ValueError, match="n_micro"):
+        check_step(CFG, x, y, 2, 0)
+    with pytest.raises(ValueError, match="schedule"):
+        schedule_order("zb-h1", 0, 2, 4)
+    with pytest.raises(ValueError, match="n_stages"):
+        check_step(CFG, x, y, 4, 3)
+    with pytest.raises(ValueError, match="micro_counts"):
+        run(2, (0,))
