@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .attention import attention
 from .config import ModelConfig
-from .positions import RotaryEmbedding, apply_rope
+from .positions import RotaryEmbedding, alibi_bias, alibi_slopes, apply_rope
 
 
 class CausalSelfAttention(nn.Module):
@@ -26,15 +26,16 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
-                cache=None, layer: int = 0, start: int = 0) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, mask: Tensor | None = None,
+                cache=None, layer: int = 0, start: int = 0, bias: Tensor | None = None) -> Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv_proj(x).view(b, t, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cos is not None:  # RoPE; with ALiBi the positions enter as ``bias`` instead
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # decode: append this step's k/v and attend over everything cached
             k, v = cache.write(layer, start, k, v)
-        y = attention(q, k, v, backend=self.cfg.attention, causal=True, mask=mask)
+        y = attention(q, k, v, backend=self.cfg.attention, causal=True, mask=mask, bias=bias)
         return self.dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, -1)))
 
 
@@ -57,9 +58,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
-                cache=None, layer: int = 0, start: int = 0) -> Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, mask, cache, layer, start)
+    def forward(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, mask: Tensor | None = None,
+                cache=None, layer: int = 0, start: int = 0, bias: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, mask, cache, layer, start, bias)
         return x + self.mlp(self.norm2(x))
 
 
@@ -70,7 +71,10 @@ class GPT(nn.Module):
             raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_base)
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_base, scaling=cfg.rope_scaling, scale=cfg.rope_scale,
+                                    original_len=cfg.rope_original_len)
+        if cfg.position_encoding == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads), persistent=False)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -103,9 +107,14 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len={self.cfg.max_seq_len}; "
                              "raise max_seq_len or configure a RoPE scaling (chapter 6)")
         x = self.embed(tokens)
-        cos, sin = self.rope(positions, x.dtype)
+        cos = sin = bias = None
+        if self.cfg.position_encoding == "alibi":
+            k_positions = torch.arange(start + t, device=tokens.device) if cache is not None else positions
+            bias = alibi_bias(self.alibi_slopes, positions, k_positions).to(x.dtype)
+        else:
+            cos, sin = self.rope(positions, x.dtype)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, mask, cache, i, start)
+            x = block(x, cos, sin, mask, cache, i, start, bias)
         if cache is not None:
             cache.advance(t)
         logits = self.head(self.norm(x))
