@@ -3,6 +3,7 @@
 Every backend takes q of shape (B, H, Tq, D) and k, v of shape (B, Hkv, Tk, D) with H a multiple
 of Hkv (grouped-query attention), and returns (B, H, Tq, D). With ``causal=True`` and Tq < Tk the
 queries are the last Tq positions (the decode case): query i sees keys j <= i + Tk - Tq.
+An optional float ``bias`` broadcastable to (B, H, Tq, Tk) is added to the scores (ALiBi, chapter 6).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def check_qkv(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> None:
+def check_qkv(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, bias: Tensor | None = None) -> None:
     """Raise a clear error for shapes or masks that no backend can take."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor) or t.dim() != 4:
@@ -34,6 +35,12 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> No
                             f"{getattr(mask, 'dtype', type(mask).__name__)}")
         if mask.dim() != 4:
             raise ValueError(f"mask must be 4-d, broadcastable to (B, H, Tq, Tk), got {tuple(mask.shape)}")
+    if bias is not None:
+        if not isinstance(bias, Tensor) or not bias.is_floating_point():
+            raise TypeError(f"bias must be a float tensor, got {getattr(bias, 'dtype', type(bias).__name__)}")
+        if bias.dim() != 4 or bias.shape[1] not in (1, q.shape[1]) or bias.shape[-2:] != (q.shape[2], k.shape[2]):
+            raise ValueError(f"bias must be 4-d (B or 1, H or 1, Tq, Tk) = (.., {q.shape[1]}, {q.shape[2]}, "
+                             f"{k.shape[2]}), got {tuple(bias.shape)}")
 
 
 def causal_mask(t_q: int, t_k: int, device: torch.device | str | None = None) -> Tensor:
@@ -51,19 +58,27 @@ def _combined_mask(q: Tensor, k: Tensor, causal: bool, mask: Tensor | None) -> T
     return mask
 
 
-def naive_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None) -> Tensor:
+def _grouped(x: Tensor, h_kv: int, h: int) -> Tensor:
+    """(B, H or 1, Tq, Tk) -> (B, Hkv or 1, H/Hkv or 1, Tq, Tk), matching grouped query heads."""
+    if x.shape[1] == 1:
+        return x.reshape(x.shape[0], 1, 1, *x.shape[2:])
+    return x.reshape(x.shape[0], h_kv, h // h_kv, *x.shape[2:])
+
+
+def naive_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None,
+                    bias: Tensor | None = None) -> Tensor:
     """Textbook attention: materialises the (Tq x Tk) scores and probabilities for every head."""
-    check_qkv(q, k, v, mask)
+    check_qkv(q, k, v, mask, bias)
     b, h, t_q, d = q.shape
     h_kv = k.shape[1]
     # Group the query heads that share one k/v head, so k and v are never copied.
     qg = q.reshape(b, h_kv, h // h_kv, t_q, d)
     scores = qg @ k.unsqueeze(2).transpose(-2, -1) * (1.0 / math.sqrt(d))
+    if bias is not None:
+        scores = scores + _grouped(bias, h_kv, h)
     full = _combined_mask(q, k, causal, mask)
     if full is not None:
-        full = full.reshape(full.shape[0], -1, 1, *full.shape[2:]) if full.shape[1] == 1 else \
-            full.reshape(full.shape[0], h_kv, h // h_kv, *full.shape[2:])
-        scores = scores.masked_fill(~full, float("-inf"))
+        scores = scores.masked_fill(~_grouped(full, h_kv, h), float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return (probs @ v.unsqueeze(2)).reshape(b, h, t_q, d)
 
@@ -77,24 +92,30 @@ def repeat_kv(x: Tensor, n_heads: int) -> Tensor:
     return x[:, :, None].expand(b, h_kv, n_heads // h_kv, t, d).reshape(b, n_heads, t, d)
 
 
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None) -> Tensor:
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None,
+                   bias: Tensor | None = None) -> Tensor:
     """torch's fused kernel (flash or memory-efficient where it can, the math kernel otherwise)."""
-    check_qkv(q, k, v, mask)
+    check_qkv(q, k, v, mask, bias)
     k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
-    if mask is None and (not causal or q.shape[2] == k.shape[2]):
+    if mask is None and bias is None and (not causal or q.shape[2] == k.shape[2]):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=_combined_mask(q, k, causal, mask))
+    full = _combined_mask(q, k, causal, mask)
+    if bias is not None:  # a float mask is added to the scores: -inf where not allowed
+        full = bias if full is None else bias.masked_fill(~full, float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=full)
 
 
 BACKENDS: dict[str, Callable[..., Tensor]] = {"naive": naive_attention, "sdpa": sdpa_attention}
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", causal: bool = True,
-              mask: Tensor | None = None) -> Tensor:
-    """Dispatch to a backend by name."""
+              mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+    """Dispatch to a backend by name (``bias`` is passed only when given, so any backend works without it)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {backend!r}")
-    return BACKENDS[backend](q, k, v, causal=causal, mask=mask)
+    if bias is None:
+        return BACKENDS[backend](q, k, v, causal=causal, mask=mask)
+    return BACKENDS[backend](q, k, v, causal=causal, mask=mask, bias=bias)
 
 
 def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, causal: bool = True,

@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from .attention import BACKENDS
-from .positions import ROPE_SCALINGS
+from .positions import ROPE_SCALINGS, STATIC_SCALINGS
+
+POSITION_ENCODINGS = ("rope", "alibi")
 
 
 def _require(ok: bool, name: str, allowed: str, value: object) -> None:
@@ -26,6 +28,8 @@ class ModelConfig:
     rope_base: float = 10000.0
     rope_scaling: str = "none"
     rope_scale: float = 1.0
+    rope_original_len: int | None = None  # the trained length that a RoPE scaling stretches
+    position_encoding: str = "rope"
     tie_weights: bool = True
     dropout: float = 0.0
     mlp_ratio: int = 4
@@ -53,6 +57,7 @@ class ModelConfig:
         _require(self.rope_scaling in ROPE_SCALINGS, "rope_scaling", f"one of {ROPE_SCALINGS}", self.rope_scaling)
         _require(isinstance(self.rope_scale, (int, float)) and self.rope_scale >= 1, "rope_scale", "a number >= 1",
                  self.rope_scale)
+        self._check_positions()
         _require(isinstance(self.tie_weights, bool), "tie_weights", "a bool", self.tie_weights)
         _require(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "in [0, 1)",
                  self.dropout)
@@ -63,6 +68,24 @@ class ModelConfig:
         _require(isinstance(self.attn_chunk, int) and not isinstance(self.attn_chunk, bool) and self.attn_chunk > 0,
                  "attn_chunk", "a positive int", self.attn_chunk)
         _require(isinstance(self.share_layers, bool), "share_layers", "a bool", self.share_layers)
+
+    def _check_positions(self) -> None:
+        _require(self.position_encoding in POSITION_ENCODINGS, "position_encoding", f"one of {POSITION_ENCODINGS}",
+                 self.position_encoding)
+        _require(not (self.position_encoding == "alibi" and self.attention == "chunked"), "position_encoding",
+                 "'rope' with attention='chunked' (the chunked kernel takes no additive bias)", self.position_encoding)
+        if self.rope_scaling == "none":
+            _require(self.rope_scale == 1, "rope_scale", "1 when rope_scaling='none'", self.rope_scale)
+            return
+        _require(self.position_encoding == "rope", "position_encoding", "'rope' when a rope_scaling is set",
+                 self.position_encoding)
+        orig = self.rope_original_len
+        _require(isinstance(orig, int) and not isinstance(orig, bool) and orig > 0, "rope_original_len",
+                 f"a positive int (the trained length) when rope_scaling={self.rope_scaling!r}", orig)
+        if self.rope_scaling in STATIC_SCALINGS:
+            limit = int(self.rope_scale * orig)
+            _require(self.max_seq_len <= limit, "max_seq_len",
+                     f"<= rope_scale * rope_original_len = {limit} (the scaled maximum)", self.max_seq_len)
 
     @property
     def head_dim(self) -> int:

@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import attention, chunked_attention
 from .config import ModelConfig
-from .positions import RotaryEmbedding, apply_rope
+from .positions import RotaryEmbedding, alibi_bias, alibi_slopes, apply_rope
 
 
 class CausalSelfAttention(nn.Module):
@@ -28,19 +28,20 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
-                cache=None, layer: int = 0, start: int = 0) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, mask: Tensor | None = None,
+                cache=None, layer: int = 0, start: int = 0, bias: Tensor | None = None) -> Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv_proj(x).view(b, t, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cos is not None:  # RoPE; with ALiBi the positions enter as ``bias`` instead
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:  # decode: append this step's k/v and attend over everything cached
             k, v = cache.write(layer, start, k, v)
         if self.cfg.attention == "chunked":  # the block size trades one block of scores for loop steps
             c = self.cfg.attn_chunk
             y = chunked_attention(q, k, v, causal=True, mask=mask, q_chunk=c, k_chunk=c)
         else:
-            y = attention(q, k, v, backend=self.cfg.attention, causal=True, mask=mask)
+            y = attention(q, k, v, backend=self.cfg.attention, causal=True, mask=mask, bias=bias)
         return self.dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, -1)))
 
 
@@ -72,9 +73,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
-                cache=None, layer: int = 0, start: int = 0) -> Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, mask, cache, layer, start)
+    def forward(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, mask: Tensor | None = None,
+                cache=None, layer: int = 0, start: int = 0, bias: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, mask, cache, layer, start, bias)
         return x + self.mlp(self.norm2(x))
 
 
@@ -85,7 +86,10 @@ class GPT(nn.Module):
             raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_base)
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_base, scaling=cfg.rope_scaling, scale=cfg.rope_scale,
+                                    original_len=cfg.rope_original_len)
+        if cfg.position_encoding == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads), persistent=False)
         # Cross-layer sharing keeps one block and runs it n_layers times: fewer parameters, same activations.
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(1 if cfg.share_layers else cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
@@ -123,7 +127,11 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len={self.cfg.max_seq_len}; "
                              "raise max_seq_len or configure a RoPE scaling (chapter 6)")
         x = self.embed(tokens)
-        if positions.dim() == 2:  # one row of positions per sequence (packed documents restart at 0)
+        cos = sin = bias = None
+        if self.cfg.position_encoding == "alibi":
+            k_positions = torch.arange(start + t, device=tokens.device) if cache is not None else positions
+            bias = alibi_bias(self.alibi_slopes, positions, k_positions).to(x.dtype)
+        elif positions.dim() == 2:  # one row of positions per sequence (packed documents restart at 0)
             cos, sin = (c.view(*positions.shape, -1).unsqueeze(1) for c in self.rope(positions.reshape(-1), x.dtype))
         else:
             cos, sin = self.rope(positions, x.dtype)
@@ -131,9 +139,9 @@ class GPT(nn.Module):
             block = self.blocks[i % len(self.blocks)]
             if self.recomputes(i) and cache is None and torch.is_grad_enabled():
                 # keep only the block's input; its activations are rebuilt during backward
-                x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, mask, None, i, start, bias, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask, cache, i, start)
+                x = block(x, cos, sin, mask, cache, i, start, bias)
         if cache is not None:
             cache.advance(t)
         x = self.norm(x)

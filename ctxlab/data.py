@@ -1,0 +1,123 @@
+"""Synthetic long-context tasks, generated on the fly from a seed, at any length.
+
+Both tasks share one small vocabulary: the ten digits, a marker, and filler tokens.
+
+- ``language_batch``: a "language" whose text is a random walk over a per-sequence dictionary of
+  short words. The first letter of a word is a guess among the dictionary's words; the rest of a
+  word is predictable only by finding an earlier occurrence of it. So the loss at position t falls
+  as more of the dictionary has been seen, and loss by position shows how far back a model can read.
+- ``passkey_batch``: the same text with a key (a marker then random digits) hidden at a chosen
+  depth, and the marker repeated at the end: the model must copy the digits from far back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+N_DIGITS = 10
+MARK = 10  # opens the key and asks for it at the end
+FIRST_FILLER = 11
+VOCAB_SIZE = 64
+IGNORE = -100
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _rng(seed: int) -> np.random.Generator:
+    _check_int("seed", seed, 0)
+    return np.random.default_rng(seed)
+
+
+def _words_text(rng: np.random.Generator, n_tokens: int, n_words: int, word_len: int) -> list[list[int]]:
+    """A list of words (each ``word_len`` filler tokens) covering at least ``n_tokens`` tokens."""
+    dictionary = rng.integers(FIRST_FILLER, VOCAB_SIZE, size=(n_words, word_len))
+    picks = rng.integers(0, n_words, size=-(-n_tokens // word_len))
+    return [dictionary[i].tolist() for i in picks]
+
+
+def _next_token_targets(tokens: Tensor) -> Tensor:
+    targets = torch.full_like(tokens, IGNORE)
+    targets[:, :-1] = tokens[:, 1:]
+    return targets
+
+
+def language_batch(batch: int, seq_len: int, seed: int, n_words: int = 16, word_len: int = 4) -> tuple[Tensor, Tensor]:
+    """(tokens, next-token targets), each (batch, seq_len); the same seed gives the same data."""
+    for name, value, lo in (("batch", batch, 1), ("seq_len", seq_len, 2), ("n_words", n_words, 1),
+                            ("word_len", word_len, 1)):
+        _check_int(name, value, lo)
+    rng = _rng(seed)
+    rows = [sum(_words_text(rng, seq_len, n_words, word_len), [])[:seq_len] for _ in range(batch)]
+    tokens = torch.tensor(rows, dtype=torch.long)
+    return tokens, _next_token_targets(tokens)
+
+
+@dataclass
+class PasskeyBatch:
+    tokens: Tensor  # (B, T)
+    targets: Tensor  # (B, T) next-token targets; IGNORE on the hidden key's own digits
+    key: Tensor  # (B, key_len) the digits to retrieve
+    key_pos: Tensor  # (B,) index of the marker that opens the hidden key
+    depth: Tensor  # (B,) key_pos / (last possible key_pos): 0 = start of the text, 1 = just before the question
+    answer_pos: Tensor  # (key_len,) positions whose next-token prediction must be the key digits
+
+    def as_training_pair(self) -> tuple[Tensor, Tensor]:
+        return self.tokens, self.targets
+
+
+def passkey_batch(batch: int, seq_len: int, seed: int, depth: float | list[float] | None = None, key_len: int = 5,
+                  n_words: int = 16, word_len: int = 4) -> PasskeyBatch:
+    """Hide ``MARK d1..dk`` in word-language text at ``depth`` (random when None) and end with ``MARK d1..dk``.
+
+    ``depth`` may be one number in [0, 1] or one per sample. The key starts on a word boundary, so
+    the realised depth (returned) is within ``word_len`` tokens of the one asked for.
+    """
+    for name, value, lo in (("batch", batch, 1), ("key_len", key_len, 1), ("n_words", n_words, 1),
+                            ("word_len", word_len, 1)):
+        _check_int(name, value, lo)
+    block = key_len + 1
+    _check_int("seq_len", seq_len, 2 * block + word_len)
+    depths = np.full(batch, np.nan) if depth is None else np.broadcast_to(np.asarray(depth, dtype=float), (batch,))
+    if depth is not None and (np.any(np.isnan(depths)) or depths.min() < 0 or depths.max() > 1):
+        raise ValueError(f"depth must lie in [0, 1] (0 = start, 1 = end), got {depth!r}")
+    rng = _rng(seed)
+    text_len = seq_len - 2 * block  # filler tokens around the hidden key
+    last_slot = text_len // word_len  # the key may start after 0..last_slot whole words
+    rows, keys, key_pos = [], [], []
+    for i in range(batch):
+        key = rng.integers(0, N_DIGITS, size=key_len).tolist()
+        d = rng.random() if np.isnan(depths[i]) else depths[i]
+        slot = int(round(d * last_slot))
+        words = sum(_words_text(rng, text_len, n_words, word_len), [])
+        before, after = words[: slot * word_len], words[slot * word_len:]
+        row = before + [MARK] + key + after
+        row = row[: seq_len - block] + [MARK] + key
+        rows.append(row)
+        keys.append(key)
+        key_pos.append(len(before))
+    tokens = torch.tensor(rows, dtype=torch.long)
+    targets = _next_token_targets(tokens)
+    key_pos_t = torch.tensor(key_pos, dtype=torch.long)
+    hidden = key_pos_t[:, None] + torch.arange(key_len)[None, :]  # predicting the hidden digits is a guess
+    targets.scatter_(1, hidden, IGNORE)
+    answer_pos = torch.arange(seq_len - block, seq_len - 1)
+    depth_real = key_pos_t.double() / (last_slot * word_len)
+    return PasskeyBatch(tokens, targets, torch.tensor(keys, dtype=torch.long), key_pos_t, depth_real, answer_pos)
+
+
+def passkey_batches(batch: int, seq_len: int, seed: int, **kwargs) -> Callable[[int], tuple[Tensor, Tensor]]:
+    """``get_batch(i) -> (tokens, targets)`` for ``train.train``: batch i uses seed ``seed + i`` (reproducible)."""
+    _check_int("seed", seed, 0)
+    passkey_batch(1, seq_len, seed, **kwargs)  # fail now on bad arguments, not inside the training loop
+
+    def get_batch(i: int) -> tuple[Tensor, Tensor]:
+        return passkey_batch(batch, seq_len, seed + i, **kwargs).as_training_pair()
+
+    return get_batch

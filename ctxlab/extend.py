@@ -1,0 +1,171 @@
+"""Train short, then extend: the experiment of chapter 6, as one command.
+
+``python -m ctxlab.extend train``  trains the small base model on the passkey task at ``TRAIN_LEN``
+(and an ALiBi twin); ``python -m ctxlab.extend extend`` fine-tunes it at ``FACTOR`` x that length
+with no scaling (the control), PI and YaRN. Checkpoints hold weights and config only (a few MB),
+are written atomically and load with ``weights_only=True``; a JSON beside them records the command,
+seeds and timings. ``passkey_accuracy`` and ``loss_by_position`` are the two measurements.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .data import VOCAB_SIZE, language_batch, passkey_batch, passkey_batches
+from .model import GPT
+from .positions import STATIC_SCALINGS
+from .train import load_checkpoint, save_checkpoint, train
+
+TRAIN_LEN, FACTOR = 128, 4
+CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "book" / "checkpoints" / "positions"
+BASE = dict(vocab_size=VOCAB_SIZE, d_model=128, n_layers=2, n_heads=4, max_seq_len=TRAIN_LEN)
+FINETUNES = ("none", "pi", "yarn")
+
+
+def base_config(position_encoding: str = "rope") -> ModelConfig:
+    return ModelConfig(**BASE, position_encoding=position_encoding)
+
+
+def with_positions(cfg: ModelConfig, seq_len: int, scaling: str = "none", scale: float | None = None,
+                   original_len: int = TRAIN_LEN) -> ModelConfig:
+    """The config that reads ``seq_len`` tokens; a static scaling defaults to s = max(1, seq_len / original_len)."""
+    if scaling == "none" or cfg.position_encoding == "alibi":
+        return cfg.replace(max_seq_len=seq_len)
+    s = float(max(1.0, seq_len / original_len) if scale is None else scale)
+    if scaling in STATIC_SCALINGS and seq_len > s * original_len:
+        s = seq_len / original_len  # past the fine-tuned range: stretch further, zero-shot
+    return cfg.replace(max_seq_len=seq_len, rope_scaling=scaling, rope_scale=s, rope_original_len=original_len)
+
+
+def save_model(path: Path, model: GPT, meta: dict) -> None:
+    save_checkpoint(path, {"config": asdict(model.cfg), "model": model.state_dict(), "meta": meta})
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_model(path: str | Path, cfg: ModelConfig | None = None, device: str = "cpu") -> GPT:
+    """Weights from ``path`` in a model built from ``cfg`` (default: the saved config): RoPE tables are not
+    weights, so one checkpoint can be read with any scaling."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; create it with `python -m ctxlab.extend train`")
+    state = load_checkpoint(path)
+    model = GPT(cfg if cfg is not None else ModelConfig(**state["config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def passkey_accuracy(model: GPT, seq_len: int, n: int = 200, seed: int = 10_000, depth=None,
+                     batch: int = 50) -> dict:
+    """All-digits-correct rate (greedy, read in one forward pass) over ``n`` samples, plus per-sample
+    correctness and depth. With ``depth=None`` depths cycle over 0, 1/4, ..., 1 so every depth is equally tested."""
+    if n < 1 or batch < 1:
+        raise ValueError(f"n and batch must be >= 1, got n={n}, batch={batch}")
+    device = next(model.parameters()).device
+    correct, depths = [], []
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        d = [((start + i) % 5) / 4 for i in range(m)] if depth is None else depth
+        b = passkey_batch(m, seq_len, seed + start, depth=d)
+        logits, _ = model(b.tokens.to(device))
+        pred = logits[:, b.answer_pos.to(device)].argmax(-1).cpu()
+        correct.append((pred == b.key).all(-1))
+        depths.append(b.depth)
+    correct_t = torch.cat(correct)
+    return {"accuracy": correct_t.float().mean().item(), "correct": correct_t.tolist(),
+            "depth": torch.cat(depths).tolist()}
+
+
+@torch.no_grad()
+def loss_by_position(model: GPT, seq_len: int, n: int = 32, seed: int = 20_000, batch: int = 16) -> torch.Tensor:
+    """Mean next-token loss at each position of the word language (length ``seq_len - 1``)."""
+    device = next(model.parameters()).device
+    total = torch.zeros(seq_len - 1)
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        tokens, targets = language_batch(m, seq_len, seed + start)
+        logits, _ = model(tokens.to(device))
+        loss = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets[:, :-1].to(device), reduction="none")
+        total += loss.sum(0).cpu()
+    return total / n
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def train_base(out: Path, steps: int, seed: int, position_encoding: str = "rope", device: str = "cpu") -> dict:
+    torch.manual_seed(seed)
+    model = GPT(base_config(position_encoding))
+    t0 = time.perf_counter()
+    hist = train(model, passkey_batches(32, TRAIN_LEN, seed), steps, lr=1e-3, warmup=min(100, steps), clip=1.0,
+                 seed=seed, device=device, progress=sys.stderr.isatty())
+    acc = passkey_accuracy(model.eval(), TRAIN_LEN)["accuracy"]
+    meta = {"what": f"base model, {position_encoding}, trained at {TRAIN_LEN}", "steps": steps, "seed": seed,
+            "batch": 32, "seq_len": TRAIN_LEN, "final_loss": hist.losses[-1], "passkey_1x": acc,
+            "seconds": round(time.perf_counter() - t0, 1), "device": device}
+    name = "base.pt" if position_encoding == "rope" else f"base_{position_encoding}.pt"
+    save_model(out / name, model.cpu(), meta)
+    _log(f"saved {out / name}: loss {hist.losses[-1]:.3f}, passkey@{TRAIN_LEN} {acc:.2f}, {meta['seconds']} s")
+    return meta
+
+
+def extend_base(out: Path, scaling: str, steps: int, seed: int, device: str = "cpu") -> dict:
+    seq_len = FACTOR * TRAIN_LEN
+    base = load_model(out / "base.pt")
+    cfg = with_positions(base.cfg, seq_len, scaling, scale=None if scaling == "none" else float(FACTOR))
+    model = load_model(out / "base.pt", cfg)
+    t0 = time.perf_counter()
+    hist = train(model.train(), passkey_batches(8, seq_len, seed), steps, lr=3e-4, warmup=min(20, steps), clip=1.0,
+                 seed=seed, device=device, progress=sys.stderr.isatty())
+    acc = passkey_accuracy(model.eval(), seq_len)["accuracy"]
+    meta = {"what": f"base model fine-tuned at {seq_len} with rope_scaling={scaling!r}", "steps": steps,
+            "seed": seed, "batch": 8, "seq_len": seq_len, "rope_scale": cfg.rope_scale,
+            "final_loss": hist.losses[-1], f"passkey_{FACTOR}x": acc,
+            "seconds": round(time.perf_counter() - t0, 1), "device": device}
+    save_model(out / f"finetuned_{scaling}.pt", model.cpu(), meta)
+    _log(f"saved finetuned_{scaling}.pt: loss {hist.losses[-1]:.3f}, passkey@{seq_len} {acc:.2f}, "
+         f"{meta['seconds']} s")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m ctxlab.extend", description=__doc__.splitlines()[0])
+    p.add_argument("stage", choices=["train", "extend", "all"])
+    p.add_argument("--out", type=Path, default=CHECKPOINT_DIR)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 1500 train, 200 extend)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python -m ctxlab.extend " + " ".join(sys.argv[1:] if argv is None else argv)
+    t0 = time.perf_counter()
+    if args.stage in ("train", "all"):
+        for enc in ("rope", "alibi"):
+            _log(f"training the {enc} base model at {TRAIN_LEN} tokens ...")
+            train_base(args.out, args.steps or 1500, args.seed, enc, args.device)
+    if args.stage in ("extend", "all"):
+        for scaling in FINETUNES:
+            _log(f"fine-tuning at {FACTOR * TRAIN_LEN} tokens with rope_scaling={scaling!r} ...")
+            extend_base(args.out, scaling, args.steps or 200, args.seed + 1, args.device)
+    runs = args.out / "runs.json"
+    log = json.loads(runs.read_text()) if runs.exists() else []
+    log.append({"command": command, "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1),
+                "torch": torch.__version__, "device": args.device})
+    runs.write_text(json.dumps(log, indent=2) + "\n")
+    _log(f"done in {math.ceil(time.perf_counter() - t0)} s; command and seeds recorded in {runs}")
+
+
+if __name__ == "__main__":
+    main()
