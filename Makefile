@@ -24,12 +24,13 @@ book: $(STAMP)
 	$(BUILD)
 	@echo "Book built: $(CURDIR)/_build/html/index.html"
 
-test: $(STAMP)
+# The book is built first: the unit tests include the browser test, which opens the built pages.
+test: $(STAMP) browserdeps
+	$(MAKE) bookcheck
 	$(MAKE) unit
 	$(MAKE) nbval
-	$(MAKE) bookcheck
 
-unit: $(STAMP)
+unit: $(STAMP) browserdeps
 	$(PY) -m pytest -q -n 2 tests
 
 nbval: $(STAMP)
