@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
 BUILD := $(VENV)/bin/jupyter-book build . -W -n --keep-going
 
-.PHONY: install book test unit nbval bookcheck lab execute gpucheck clean
+.PHONY: install book test unit nbval bookcheck browserdeps lab execute gpucheck clean
 
 install: $(STAMP)
 
@@ -24,12 +24,13 @@ book: $(STAMP)
 	$(BUILD)
 	@echo "Book built: $(CURDIR)/_build/html/index.html"
 
-test: $(STAMP)
+# The book is built first: the unit tests include the browser test, which opens the built pages.
+test: $(STAMP) browserdeps
+	$(MAKE) bookcheck
 	$(MAKE) unit
 	$(MAKE) nbval
-	$(MAKE) bookcheck
 
-unit: $(STAMP)
+unit: $(STAMP) browserdeps
 	$(PY) -m pytest -q -n 2 tests
 
 nbval: $(STAMP)
@@ -50,5 +51,19 @@ execute: $(STAMP)
 gpucheck: $(STAMP)
 	$(PY) -m ctxlab.gpucheck --out book/data/gpucheck.json
 
+# The browser test's tools, installed when missing: Debian's chromium, and the JavaScript that the
+# pages load from jsDelivr (RequireJS, the widget manager, MathJax), taken from the npm registry
+# into .browser/ (ignored). Without them tests/test_browser.py skips, except under CI=true.
+BROWSER_JS ?= requirejs@2.3.8 @jupyter-widgets/html-manager@1.0.15 mathjax@3
+browserdeps:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+		|| echo "browserdeps: could not install chromium (needs root and Debian's package registry)"
+	@echo "$(BROWSER_JS)" | cmp -s - .browser/installed 2>/dev/null || { rm -rf .browser && mkdir -p .browser \
+		&& for spec in $(BROWSER_JS); do dir=.browser/npm/$${spec%@*} && mkdir -p $$dir \
+		&& tgz=$$(cd .browser && npm pack --silent $$spec) && tar xzf .browser/$$tgz -C $$dir --strip-components=1 \
+		&& rm .browser/$$tgz || exit 1; done && echo "$(BROWSER_JS)" > .browser/installed; } \
+		|| echo "browserdeps: could not fetch $(BROWSER_JS) from the npm registry"
+
 clean:
-	rm -rf _build
+	rm -rf _build artifacts

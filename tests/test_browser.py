@@ -1,0 +1,521 @@
+"""The rendered book in a real browser: every page of _toc.yml, as a reader without a kernel sees it.
+
+The built HTML (``_build/html``) is served on 127.0.0.1 and opened in headless Chromium. The pages load
+RequireJS, the widget manager and MathJax from jsDelivr; those requests are answered from the same npm
+packages installed under ``.browser/`` (``make browserdeps``), so the page runs offline, with the
+integrity hashes of ``_config.yml`` checked by the browser. Any other request leaving the machine is
+blocked and reported. A screenshot of each page goes to ``artifacts/browser/``.
+"""
+from __future__ import annotations
+
+import base64
+import fcntl
+import functools
+import html.parser
+import json
+import mimetypes
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cdp import Browser, CDPError, Page, find_chromium
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+NPM = ROOT / ".browser" / "npm"
+ARTIFACTS = ROOT / "artifacts" / "browser"
+CDN = "https://cdn.jsdelivr.net/npm/"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# Console errors that come from the book's toolchain, not from the book, each with why it is harmless.
+# Anything else the browser reports as an error fails the test.
+KNOWN_NOISE = [
+    (r"Identifier 'THEBE_JS_URL' has already been declared",
+     "jupyter-book 1 emits sphinx-thebe's configuration script twice; thebe is not used"),
+    (r"reading 'Queue'",
+     "html-manager 1.0 typesets widget labels with the MathJax 2 API (MathJax.Hub.Queue) while the page "
+     "runs MathJax 3; the label text is set before that call"),
+    (r"@jupyter-widgets/html-manager/dist/[0-9a-f]{20}\.(woff2?|ttf|eot|svg)",
+     "html-manager resolves its Font Awesome files against the page instead of the CDN; the book's widgets "
+     "show no icons"),
+    (r"/favicon\.ico", "the browser asks for /favicon.ico; the book has none"),
+    (r"Got invalid theme mode", "pydata-sphinx-theme's message on a first visit with no stored theme"),
+]
+
+
+def toc_pages() -> list[str]:
+    """Every document of _toc.yml (root, chapters, parts, sections), in reading order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    pages: list[str] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                pages.append(str(node["file"]))
+            for key in ("chapters", "parts", "sections"):
+                walk(node.get(key, []))
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    pages.append(str(toc["root"]))
+    walk(toc)
+    return [p.removesuffix(".md").removesuffix(".ipynb") for p in pages]
+
+
+PAGES = toc_pages()
+
+
+def source_of(page: str) -> Path:
+    for suffix in (".ipynb", ".md"):
+        if (ROOT / f"{page}{suffix}").exists():
+            return ROOT / f"{page}{suffix}"
+    raise FileNotFoundError(f"no .ipynb or .md source for {page} of _toc.yml")
+
+
+def slug(page: str) -> str:
+    return page.replace("/", "__")
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+
+def _build_is_current() -> bool:
+    config_time = max((ROOT / name).stat().st_mtime for name in ("_config.yml", "_toc.yml"))
+    for page in PAGES:
+        out = HTML / f"{page}.html"
+        if not out.exists() or out.stat().st_mtime < max(config_time, source_of(page).stat().st_mtime):
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def built_book() -> Path:
+    """``_build/html``, built from the stored outputs when missing or older than a source page."""
+    HTML.parent.mkdir(exist_ok=True)
+    with open(HTML.parent / ".build.lock", "w") as lock:  # the other test worker may be building it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _build_is_current():
+            jb = Path(sys.executable).with_name("jupyter-book")
+            result = subprocess.run([str(jb), "build", ".", "-W", "-n", "--keep-going"], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=600)
+            assert result.returncode == 0, f"book build failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return HTML
+
+
+@pytest.fixture(scope="module")
+def server(built_book: Path):
+    """A thread-based static server on a free port of 127.0.0.1; yields its base URL."""
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(built_book)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}/"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def _missing_tools() -> list[str]:
+    missing = []
+    if find_chromium() is None:
+        missing.append("Debian's chromium")
+    if not (NPM.is_dir() and (ROOT / ".browser" / "installed").exists()):
+        missing.append("the widget JavaScript under .browser/")
+    return missing
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    missing = _missing_tools()
+    if missing:
+        reason = f"{' and '.join(missing)} not installed: run `make browserdeps` (root, Debian and npm registries)"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    chromium = Browser(find_chromium(), str(tmp_path_factory.mktemp("chromium-profile")))
+    yield chromium
+    chromium.close()
+
+
+# -- one tab that answers CDN requests from .browser/ and records every problem -------------------
+
+def _package_file(url: str) -> tuple[Path | None, str]:
+    """The local file for a jsDelivr npm URL, or None and why not."""
+    rest = urllib.parse.urlsplit(url).path.removeprefix("/npm/")
+    parts = rest.split("/")
+    n = 2 if parts[0].startswith("@") else 1
+    spec, path = "/".join(parts[:n]), "/".join(parts[n:])
+    name, _, wanted = spec.rpartition("@")
+    meta = NPM / name / "package.json"
+    if not name or not meta.exists():
+        return None, f"{spec} is not under .browser/ (add it to BROWSER_JS in the Makefile)"
+    have = json.loads(meta.read_text())["version"]
+    if have != wanted and not have.startswith(wanted + "."):
+        return None, f"the page asks for {spec}, .browser/ has {name}@{have} (run make browserdeps)"
+    file = NPM / name / path
+    return (file, "") if file.is_file() else (None, f"{path} is not in the npm package {name}@{have}")
+
+
+class Tab:
+    """A fresh tab per page, so nothing of the previous page leaks into the checks."""
+
+    def __init__(self, browser: Browser, base: str):
+        self.browser, self.base = browser, base
+        self.errors: list[str] = []      # exceptions, console errors, failed loads
+        self.offline: list[str] = []     # requests that would have left the machine
+        self.page = Page(browser)
+        self.session = self.page.session
+        for event, handler in (("Fetch.requestPaused", self._on_request),
+                               ("Runtime.exceptionThrown", self._on_exception),
+                               ("Runtime.consoleAPICalled", self._on_console),
+                               ("Log.entryAdded", self._on_log)):
+            browser.on(event, handler)
+        self.page.call("Log.enable")
+        self.page.call("Fetch.enable", {"patterns": [{"urlPattern": "*"}]})
+
+    def _mine(self, session: str | None) -> bool:
+        return session == self.session
+
+    def _on_request(self, params: dict, session: str | None) -> None:
+        if not self._mine(session):
+            return
+        url, rid = params["request"]["url"], params["requestId"]
+        if url.startswith(self.base):
+            self.browser.send("Fetch.continueRequest", {"requestId": rid}, session)
+            return
+        if url.startswith(CDN):
+            file, why = _package_file(url)
+            if file is not None:
+                kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+                headers = [{"name": "Content-Type", "value": kind},
+                           {"name": "Access-Control-Allow-Origin", "value": "*"}]
+                self.browser.send("Fetch.fulfillRequest", {
+                    "requestId": rid, "responseCode": 200, "responseHeaders": headers,
+                    "body": base64.b64encode(file.read_bytes()).decode()}, session)
+                return
+            self.offline.append(f"{url}: {why}")
+        else:
+            self.offline.append(url)
+        self.browser.send("Fetch.failRequest", {"requestId": rid, "errorReason": "BlockedByClient"}, session)
+
+    def _on_exception(self, params: dict, session: str | None) -> None:
+        if self._mine(session):
+            details = params["exceptionDetails"]
+            self.errors.append("exception: " + (details.get("exception", {}).get("description") or details["text"]))
+
+    def _on_console(self, params: dict, session: str | None) -> None:
+        if self._mine(session) and params["type"] == "error":
+            args = " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
+            self.errors.append(f"console.error: {args}")
+
+    def _on_log(self, params: dict, session: str | None) -> None:
+        entry = params["entry"]
+        if self._mine(session) and entry["level"] == "error" and "ERR_BLOCKED_BY_CLIENT" not in entry["text"]:
+            self.errors.append(f"{entry['text']} ({entry.get('url', '')})")
+
+    def unexplained_errors(self) -> list[str]:
+        return [e for e in self.errors if not any(re.search(rx, e) for rx, _ in KNOWN_NOISE)]
+
+    def close(self) -> None:
+        for event, handler in (("Fetch.requestPaused", self._on_request),
+                               ("Runtime.exceptionThrown", self._on_exception),
+                               ("Runtime.consoleAPICalled", self._on_console),
+                               ("Log.entryAdded", self._on_log)):
+            self.browser._handlers[event].remove(handler)
+        self.page.close()
+
+
+@pytest.fixture
+def tab(browser: Browser, server: str):
+    t = Tab(browser, server)
+    yield t
+    t.close()
+
+
+def open_page(tab: Tab, page: str) -> None:
+    """Navigate and wait for what the page renders after load: MathJax and the embedded widgets."""
+    tab.page.navigate(tab.base + f"{page}.html")
+    tab.page.wait_for("document.readyState === 'complete'")
+    tab.page.evaluate("window.MathJax && MathJax.startup ? MathJax.startup.promise.then(() => true) : true",
+                      timeout=30)
+    tab.page.evaluate("document.fonts.ready.then(() => true)", timeout=30)
+    views = tab.page.evaluate(
+        "document.querySelectorAll('script[type=\"application/vnd.jupyter.widget-view+json\"]').length")
+    if views:
+        try:
+            tab.page.wait_for(f"document.querySelectorAll('.widget-subarea').length >= {views}", timeout=20)
+        except CDPError:
+            pass  # reported by the check below with the browser's own errors
+
+
+# -- checks -----------------------------------------------------------------------------------------
+
+class _Anchors(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for key, value in attrs:
+            if key in ("id", "name") and value:
+                self.names.add(value)
+
+
+@functools.lru_cache(maxsize=None)
+def anchors_of(file: Path) -> frozenset[str]:
+    parser = _Anchors()
+    parser.feed(file.read_text(errors="replace"))
+    return frozenset(parser.names)
+
+
+def broken_internal_links(hrefs: list[str], base: str) -> list[str]:
+    """Links into the site whose file or #anchor does not exist in _build/html."""
+    broken = []
+    for href in sorted(set(hrefs)):
+        if not href.startswith(base):
+            continue
+        parts = urllib.parse.urlsplit(href)
+        rel = urllib.parse.unquote(parts.path)[1:]
+        file = HTML / rel
+        if rel == "" or rel.endswith("/"):
+            file = file / "index.html"
+        if not file.is_file():
+            broken.append(f"{href}: no file {file.relative_to(HTML)}")
+            continue
+        fragment = urllib.parse.unquote(parts.fragment)
+        if fragment and file.suffix == ".html" and fragment not in anchors_of(file):
+            broken.append(f"{href}: no anchor #{fragment} in {file.relative_to(HTML)}")
+    return broken
+
+
+def colab_expected(page: str) -> str:
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    repo = urllib.parse.urlsplit(config["repository"]["url"]).path.strip("/").removesuffix(".git")
+    colab = config["launch_buttons"]["colab_url"].rstrip("/")
+    return f"{colab}/github/{repo}/blob/{config['repository'].get('branch', 'main')}/{page}.ipynb"
+
+
+PAGE_FACTS = """(() => {
+  const text = (el) => el.innerText || el.textContent || '';
+  const allowed = (el) => el.closest('.tag_raises-exception') !== null;
+  const errors = [...document.querySelectorAll('.output.traceback, .output.error')]
+      .filter((el) => !allowed(el)).map((el) => text(el).slice(0, 300));
+  const stderr = [...document.querySelectorAll('.output.stderr')]
+      .map(text).filter((t) => /Traceback|Error|Warning/.test(t)).map((t) => t.slice(0, 300));
+  const body = text(document.body);
+  return {
+    errors, stderr,
+    traceback_in_text: [...document.querySelectorAll('.cell_output, .output')].filter((el) => !allowed(el))
+        .some((el) => text(el).includes('Traceback (most recent call last)')),
+    widget_error: /Error (rendering|displaying) widget/.test(body),
+    links: [...document.querySelectorAll('a[href]')].map((a) => a.href),
+    colab: [...new Set([...document.querySelectorAll('a[href*="colab.research.google.com"]')].map((a) => a.href))],
+    download: [...document.querySelectorAll('a.btn-download-source-button')].map((a) => a.href),
+    math: document.querySelectorAll('.math').length,
+    math_unrendered: [...document.querySelectorAll('.math')].filter((m) => !m.querySelector('mjx-container')).length,
+    math_errors: document.querySelectorAll('mjx-merror').length,
+    widget_views: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
+    widgets_rendered: document.querySelectorAll('.widget-subarea').length,
+  };
+})()"""
+
+IMAGES = """(async () => {
+  const imgs = [...document.images];
+  imgs.forEach((img) => { img.loading = 'eager'; });
+  const settle = (img) => Promise.race([img.decode().catch(() => null),
+                                        new Promise((r) => setTimeout(r, 10000))]);
+  await Promise.all(imgs.map(settle));
+  return {count: imgs.length,
+          broken: imgs.filter((i) => !i.complete || i.naturalWidth === 0).map((i) => i.src.slice(0, 120))};
+})()"""
+
+
+def click(tab: Tab, selector: str) -> None:
+    box = tab.page.evaluate(f"""(() => {{ const el = document.querySelector({json.dumps(selector)});
+        el.scrollIntoView({{block: 'center', behavior: 'instant'}}); const r = el.getBoundingClientRect();
+        return [r.x + r.width / 2, r.y + r.height / 2]; }})()""")
+    for kind in ("mousePressed", "mouseReleased"):
+        tab.page.call("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left",
+                                                   "buttons": 1 if kind == "mousePressed" else 0,
+                                                   "clickCount": 1})
+
+
+def visible_link(tab: Tab, selector: str) -> bool:
+    return bool(tab.page.evaluate(f"""(() => {{ const a = document.querySelector({json.dumps(selector)});
+        if (!a) return false; const r = a.getBoundingClientRect();
+        return r.width > 0 && r.height > 0 && getComputedStyle(a).visibility !== 'hidden'; }})()"""))
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_cleanly_in_a_browser(tab: Tab, page: str):
+    started = time.monotonic()
+    open_page(tab, page)
+    facts = tab.page.evaluate(PAGE_FACTS)
+    images = tab.page.evaluate(IMAGES, timeout=30)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tab.page.screenshot(str(ARTIFACTS / f"{slug(page)}.png"))
+
+    problems = []
+    problems += [f"error output: {e}" for e in facts["errors"]]
+    problems += [f"stderr output with an error or warning: {e}" for e in facts["stderr"]]
+    if facts["traceback_in_text"]:
+        problems.append("a traceback is shown in a cell output")
+    if facts["widget_error"]:
+        problems.append("a widget failed to render")
+    if facts["widgets_rendered"] < facts["widget_views"]:
+        problems.append(f"{facts['widget_views']} widget views embedded, {facts['widgets_rendered']} rendered")
+    problems += [f"image did not load: {src}" for src in images["broken"]]
+    if facts["math_unrendered"] or facts["math_errors"]:
+        problems.append(f"math: {facts['math_unrendered']} of {facts['math']} not typeset, "
+                        f"{facts['math_errors']} TeX errors")
+    problems += [f"broken link {b}" for b in broken_internal_links(facts["links"], tab.base)]
+
+    source = source_of(page)
+    if source.suffix == ".ipynb":
+        expected = colab_expected(page)
+        if facts["colab"] != [expected]:
+            problems.append(f"Colab links {facts['colab']}, expected exactly [{expected}]")
+        click(tab, ".dropdown-launch-buttons > button")
+        if not visible_link(tab, f'a[href="{expected}"]'):
+            problems.append("the launch button does not show the Colab link when clicked")
+        click(tab, ".dropdown-launch-buttons > button")
+        want = tab.base + f"_sources/{page}.ipynb"
+        if facts["download"] != [want]:
+            problems.append(f"download links {facts['download']}, expected [{want}]")
+        elif (HTML / f"_sources/{page}.ipynb").read_bytes() != source.read_bytes():
+            problems.append(f"the downloadable _sources/{page}.ipynb differs from {page}.ipynb")
+        click(tab, ".dropdown-download-buttons > button")
+        if not visible_link(tab, "a.btn-download-source-button"):
+            problems.append("the download button does not show the .ipynb link when clicked")
+    elif facts["colab"]:
+        problems.append(f"a Colab link on a page with no notebook: {facts['colab']}")
+
+    problems += [f"request left the machine: {u}" for u in tab.offline]
+    problems += [f"browser error: {e}" for e in tab.unexplained_errors()]
+    assert not problems, f"{page} ({images['count']} images, {time.monotonic() - started:.1f} s):\n  " + \
+        "\n  ".join(problems)
+
+
+# -- sliders ----------------------------------------------------------------------------------------
+
+def widget_state(page: str) -> dict:
+    """The widget state embedded in the built page (empty when the page has none)."""
+    text = (HTML / f"{page}.html").read_text()
+    m = re.search(r'<script type="application/vnd.jupyter.widget-state\+json">(.*?)</script>', text, re.S)
+    return json.loads(m.group(1))["state"] if m else {}
+
+
+def slider_pages() -> list[str]:
+    """Pages whose notebook shows a slider (its stored widget state has one)."""
+    pages = []
+    for page in PAGES:
+        source = source_of(page)
+        if source.suffix == ".ipynb":
+            state = json.loads(source.read_text()).get("metadata", {}).get("widgets", {})
+            if "IntSliderModel" in json.dumps(state):
+                pages.append(page)
+    return pages
+
+
+def test_notebooks_with_a_slider_embed_it_in_their_page(built_book: Path):
+    """A notebook that calls precomputed_slider must store widget state, or the page shows no control."""
+    for page in PAGES:
+        source = source_of(page)
+        if source.suffix == ".ipynb" and "precomputed_slider(" in source.read_text():
+            assert page in slider_pages(), f"{source.name} calls precomputed_slider but stores no slider state"
+            models = {m["model_name"] for m in widget_state(page).values()}
+            assert {"IntSliderModel", "StackModel"} <= models, f"{page}.html embeds {sorted(models)}"
+
+
+SLIDERS = """[...document.querySelectorAll('.widget-slider')].map((s, i) => {
+  s.dataset.testIndex = i;
+  const box = s.closest('.widget-vbox');
+  const stack = box && [...box.children].find((c) => !c.contains(s));
+  return {index: i, has_stack: !!stack};
+})"""
+
+SHOWN = """((i) => {
+  const s = document.querySelector(`.widget-slider[data-test-index="${i}"]`);
+  const box = s.closest('.widget-vbox');
+  const stack = [...box.children].find((c) => !c.contains(s));
+  stack.scrollIntoView({block: 'center', behavior: 'instant'});
+  const r = stack.getBoundingClientRect();
+  const select = s.parentElement.querySelector('select');
+  return {
+    shown: [...stack.querySelectorAll('img')].map((img) => img.src).join(' ') + '|' + stack.innerText,
+    images_ok: [...stack.querySelectorAll('img')].every((img) => img.complete && img.naturalWidth > 0),
+    value: s.querySelector('[role="slider"]').getAttribute('aria-valuenow'),
+    max: s.querySelector('[role="slider"]').getAttribute('aria-valuemax'),
+    readout: select ? select.selectedIndex : null,
+    clip: {x: r.x + window.scrollX, y: r.y + window.scrollY, width: r.width, height: r.height, scale: 1},
+  };
+})"""
+
+
+HANDLE = """((i) => {
+  const s = document.querySelector(`.widget-slider[data-test-index="${i}"]`);
+  s.scrollIntoView({block: 'center', behavior: 'instant'});
+  const h = s.querySelector('.noUi-handle'), hr = h.getBoundingClientRect();
+  const t = s.querySelector('.noUi-base').getBoundingClientRect();
+  const x = hr.x + hr.width / 2, y = hr.y + hr.height / 2;
+  return {point: [x, y, t.x + t.width + 20], hits: h.contains(document.elementFromPoint(x, y))};
+})"""
+
+
+def handle_position(tab: Tab, i: int, timeout: float = 10.0) -> list[float]:
+    """Where slider i's handle is, once the layout has settled so that a press there lands on it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        where = tab.page.evaluate(f"{HANDLE}({i})")
+        if where["hits"]:
+            return where["point"]
+        assert time.monotonic() < deadline, f"slider {i}: its handle stays covered or moving"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("page", slider_pages())
+def test_moving_a_slider_changes_what_is_shown(tab: Tab, page: str):
+    open_page(tab, page)
+    sliders = tab.page.evaluate(SLIDERS)
+    assert sliders, f"{page}: the notebook stores a slider but the page renders none"
+    for slider in sliders:
+        assert slider["has_stack"], f"{page}: slider {slider['index']} is not inside a slider-and-views box"
+        i = slider["index"]
+        before = tab.page.evaluate(f"{SHOWN}({i})")
+        picture_before = tab.page.call("Page.captureScreenshot", {"format": "png", "clip": before["clip"],
+                                                                  "captureBeyondViewport": True})["data"]
+        handle = handle_position(tab, i)
+        tab.page.drag(handle[0], handle[1], handle[2], handle[1])   # drag the handle to the far right
+        try:
+            tab.page.wait_for(f"((v) => v.shown !== {json.dumps(before['shown'])} && v.images_ok && v.value === v.max)"
+                              f"({SHOWN}({i}))", timeout=10)
+        except CDPError:
+            pass
+        after = tab.page.evaluate(f"{SHOWN}({i})")
+        picture_after = tab.page.call("Page.captureScreenshot", {"format": "png", "clip": after["clip"],
+                                                                 "captureBeyondViewport": True})["data"]
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / f"{slug(page)}__slider{i}_moved.png").write_bytes(base64.b64decode(picture_after))
+
+        assert float(after["value"]) == float(after["max"]) != float(before["value"]), \
+            f"{page}: slider {i} did not move to its end ({before['value']} -> {after['value']} of {after['max']})"
+        assert after["shown"] != before["shown"], f"{page}: slider {i} moved but the view did not change"
+        assert picture_after != picture_before, f"{page}: slider {i} moved but the picture stayed the same"
+        assert after["images_ok"], f"{page}: the view shown at the slider's end has an image that did not load"
+        if after["readout"] is not None:
+            assert after["readout"] == float(after["value"]), f"{page}: the readout does not follow slider {i}"
+    assert not tab.offline, f"requests left the machine: {tab.offline}"
+    assert not tab.unexplained_errors(), f"browser errors: {tab.unexplained_errors()}"
