@@ -81,7 +81,7 @@ def ring_step_axes(ax, grid: np.ndarray, step: int, world_size: int) -> None:
     """One step of the ring: blocks coloured by the rank computing them now, grey = computed earlier."""
     from matplotlib.colors import ListedColormap
 
-    colours = ["white", "0.85"] + [plt.cm.tab10(r % 10) for r in range(world_size)]
+    colours = ["0.85", "white"] + [plt.cm.tab10(r % 10) for r in range(world_size)]  # done earlier, not now
     ax.imshow(grid + 2, cmap=ListedColormap(colours), vmin=0, vmax=world_size + 1)
     for (i, j), r in np.ndenumerate(grid):
         if r >= 0:
