@@ -63,15 +63,15 @@ def ring_step_grids(world_size: int, causal: bool = True, zigzag: bool = True) -
         grid = np.full((n, n), -1)
         grid[done] = -2
         for row in schedule:
-            task = row[step]
-            if task is None:
+            blk = row[step]
+            if blk is None:
                 continue
-            qp = shard_positions(n, task.rank, world_size, zigzag)[task.q0:task.q1].tolist()
-            kp = shard_positions(n, task.kv_rank, world_size, zigzag)[task.k0:task.k1].tolist()
+            qp = shard_positions(n, blk.rank, world_size, zigzag)[blk.q0:blk.q1].tolist()
+            kp = shard_positions(n, blk.kv_rank, world_size, zigzag)[blk.k0:blk.k1].tolist()
             for i in qp:
                 for j in kp:
-                    if not task.masked or j <= i:
-                        grid[i, j] = task.rank
+                    if not blk.masked or j <= i:
+                        grid[i, j] = blk.rank
         done |= grid >= 0
         grids.append(grid)
     return grids
