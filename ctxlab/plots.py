@@ -63,15 +63,15 @@ def ring_step_grids(world_size: int, causal: bool = True, zigzag: bool = True) -
         grid = np.full((n, n), -1)
         grid[done] = -2
         for row in schedule:
-            task = row[step]
-            if task is None:
+            blk = row[step]
+            if blk is None:
                 continue
-            qp = shard_positions(n, task.rank, world_size, zigzag)[task.q0:task.q1].tolist()
-            kp = shard_positions(n, task.kv_rank, world_size, zigzag)[task.k0:task.k1].tolist()
+            qp = shard_positions(n, blk.rank, world_size, zigzag)[blk.q0:blk.q1].tolist()
+            kp = shard_positions(n, blk.kv_rank, world_size, zigzag)[blk.k0:blk.k1].tolist()
             for i in qp:
                 for j in kp:
-                    if not task.masked or j <= i:
-                        grid[i, j] = task.rank
+                    if not blk.masked or j <= i:
+                        grid[i, j] = blk.rank
         done |= grid >= 0
         grids.append(grid)
     return grids
@@ -81,7 +81,7 @@ def ring_step_axes(ax, grid: np.ndarray, step: int, world_size: int) -> None:
     """One step of the ring: blocks coloured by the rank computing them now, grey = computed earlier."""
     from matplotlib.colors import ListedColormap
 
-    colours = ["white", "0.85"] + [plt.cm.tab10(r % 10) for r in range(world_size)]
+    colours = ["0.85", "white"] + [plt.cm.tab10(r % 10) for r in range(world_size)]  # done earlier, not now
     ax.imshow(grid + 2, cmap=ListedColormap(colours), vmin=0, vmax=world_size + 1)
     for (i, j), r in np.ndenumerate(grid):
         if r >= 0:

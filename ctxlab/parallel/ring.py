@@ -27,7 +27,7 @@ from .sharding import check_rank, check_world_size, shard_positions
 
 
 @dataclass(frozen=True)
-class BlockTask:
+class ScoreBlock:
     """One block of work: local query rows [q0, q1) against key columns [k0, k1) of ``kv_rank``'s block."""
 
     step: int
@@ -45,7 +45,7 @@ class BlockTask:
         return (self.q1 - self.q0) * (self.k1 - self.k0)
 
 
-def plan_block(rank: int, step: int, world_size: int, local_len: int, causal: bool, zigzag: bool) -> BlockTask | None:
+def plan_block(rank: int, step: int, world_size: int, local_len: int, causal: bool, zigzag: bool) -> ScoreBlock | None:
     """What ``rank`` computes at ``step``; None when the causal mask hides the whole block.
 
     Plain causal: keys from an earlier rank are all visible, from a later rank none. Zig-zag (rank r
@@ -54,21 +54,21 @@ def plan_block(rank: int, step: int, world_size: int, local_len: int, causal: bo
     """
     check_rank(rank, world_size)
     kv_rank = (rank - step) % world_size
-    full = BlockTask(step, rank, kv_rank, 0, local_len, 0, local_len, masked=False)
+    full = ScoreBlock(step, rank, kv_rank, 0, local_len, 0, local_len, masked=False)
     if not causal:
         return full
     if kv_rank == rank:
-        return BlockTask(step, rank, kv_rank, 0, local_len, 0, local_len, masked=True)
+        return ScoreBlock(step, rank, kv_rank, 0, local_len, 0, local_len, masked=True)
     if not zigzag:
         return full if kv_rank < rank else None
     half = local_len // 2
     if kv_rank < rank:
-        return BlockTask(step, rank, kv_rank, 0, local_len, 0, half, masked=False)
-    return BlockTask(step, rank, kv_rank, half, local_len, 0, local_len, masked=False)
+        return ScoreBlock(step, rank, kv_rank, 0, local_len, 0, half, masked=False)
+    return ScoreBlock(step, rank, kv_rank, half, local_len, 0, local_len, masked=False)
 
 
 def ring_schedule(world_size: int, local_len: int, causal: bool = True,
-                  zigzag: bool = False) -> list[list[BlockTask | None]]:
+                  zigzag: bool = False) -> list[list[ScoreBlock | None]]:
     """``schedule[rank][step]``: the whole ring, as the autograd function runs it."""
     check_world_size(world_size)
     return [[plan_block(r, s, world_size, local_len, causal, zigzag) for s in range(world_size)]
@@ -93,10 +93,10 @@ class RingStats:
     backward_bytes: int = 0
 
 
-def _diagonal_mask(task: BlockTask, local_len: int, world_size: int, zigzag: bool, device) -> Tensor:
+def _diagonal_mask(blk: ScoreBlock, local_len: int, world_size: int, zigzag: bool, device) -> Tensor:
     """Causal mask of a block from global positions (query may see key iff key position <= query's)."""
-    pos = shard_positions(local_len * world_size, task.rank, world_size, zigzag, device)
-    return (pos[task.q0:task.q1, None] >= pos[None, task.k0:task.k1])[None, None]
+    pos = shard_positions(local_len * world_size, blk.rank, world_size, zigzag, device)
+    return (pos[blk.q0:blk.q1, None] >= pos[None, blk.k0:blk.k1])[None, None]
 
 
 def _block_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -142,15 +142,15 @@ class RingAttention(torch.autograd.Function):
         k_cur, v_cur = k, v
         for step in range(world):
             incoming = comm.start([k_cur, v_cur]) if step < world - 1 else None  # overlaps the compute below
-            task = plan_block(rank, step, world, local_len, causal, zigzag)
-            if task is not None:
-                mask = _diagonal_mask(task, local_len, world, zigzag, q.device) if task.masked else None
-                o, l = _block_forward(q[:, :, task.q0:task.q1], k_cur[:, :, task.k0:task.k1],
-                                      v_cur[:, :, task.k0:task.k1], mask)
-                rows = slice(task.q0, task.q1)
+            blk = plan_block(rank, step, world, local_len, causal, zigzag)
+            if blk is not None:
+                mask = _diagonal_mask(blk, local_len, world, zigzag, q.device) if blk.masked else None
+                o, l = _block_forward(q[:, :, blk.q0:blk.q1], k_cur[:, :, blk.k0:blk.k1],
+                                      v_cur[:, :, blk.k0:blk.k1], mask)
+                rows = slice(blk.q0, blk.q1)
                 out[:, :, rows], lse[:, :, rows] = merge_partials(out[:, :, rows], lse[:, :, rows], o.float(), l)
             if stats is not None:
-                stats.work.append(0 if task is None else task.work)
+                stats.work.append(0 if blk is None else blk.work)
             if incoming is not None:
                 comm.wait()
                 k_cur, v_cur = incoming
@@ -174,10 +174,10 @@ class RingAttention(torch.autograd.Function):
         k_cur, v_cur = k, v
         for step in range(world):
             incoming = comm.start([k_cur, v_cur]) if step < world - 1 else None
-            task = plan_block(rank, step, world, local_len, ctx.causal, ctx.zigzag)
-            if task is not None:
-                mask = _diagonal_mask(task, local_len, world, ctx.zigzag, q.device) if task.masked else None
-                rows, cols = slice(task.q0, task.q1), slice(task.k0, task.k1)
+            blk = plan_block(rank, step, world, local_len, ctx.causal, ctx.zigzag)
+            if blk is not None:
+                mask = _diagonal_mask(blk, local_len, world, ctx.zigzag, q.device) if blk.masked else None
+                rows, cols = slice(blk.q0, blk.q1), slice(blk.k0, blk.k1)
                 dq_b, dk_b, dv_b = _block_backward(q[:, :, rows], k_cur[:, :, cols], v_cur[:, :, cols],
                                                    dout[:, :, rows], lse[:, :, rows], delta[:, :, rows], mask)
                 dq[:, :, rows] += dq_b
