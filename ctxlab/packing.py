@@ -47,29 +47,29 @@ def _check_docs(docs: list[Tensor]) -> None:
                              f"{getattr(d, 'shape', type(d).__name__)}")
 
 
-def _place(rows: list[list[Tensor]], seq_len: int, pad_id: int) -> Batch:
+def _place(rows: list[list[tuple[int, Tensor]]], seq_len: int, pad_id: int) -> Batch:
+    """Lay out rows of (document index, tokens); ``doc_ids`` holds each document's index in the input list."""
     n = len(rows)
     tokens = torch.full((n, seq_len), pad_id, dtype=torch.long)
     targets = torch.full((n, seq_len), IGNORE, dtype=torch.long)
     positions = torch.zeros((n, seq_len), dtype=torch.long)
     doc_ids = torch.full((n, seq_len), -1, dtype=torch.long)
-    doc = 0
     for r, row in enumerate(rows):
         at = 0
-        for d in row:
+        for doc, d in row:
             end = at + d.numel()
             tokens[r, at:end] = d
             targets[r, at:end - 1] = d[1:]  # the last token of a document predicts nothing across the boundary
             positions[r, at:end] = torch.arange(d.numel())
             doc_ids[r, at:end] = doc
-            at, doc = end, doc + 1
+            at = end
     return Batch(tokens, targets, positions, doc_ids)
 
 
 def pad_documents(docs: list[Tensor], pad_id: int = 0) -> Batch:
     """One document per row, padded to the longest document."""
     _check_docs(docs)
-    return _place([[d] for d in docs], max(d.numel() for d in docs), pad_id)
+    return _place([[(i, d)] for i, d in enumerate(docs)], max(d.numel() for d in docs), pad_id)
 
 
 def pack_documents(docs: list[Tensor], seq_len: int, pad_id: int = 0) -> Batch:
@@ -80,14 +80,14 @@ def pack_documents(docs: list[Tensor], seq_len: int, pad_id: int = 0) -> Batch:
     longest = max(d.numel() for d in docs)
     if longest > seq_len:
         raise ValueError(f"a document of {longest} tokens does not fit seq_len={seq_len}; split it or raise seq_len")
-    rows: list[list[Tensor]] = []
+    rows: list[list[tuple[int, Tensor]]] = []
     room: list[int] = []
-    for d in sorted(docs, key=lambda d: -d.numel()):
+    for i, d in sorted(enumerate(docs), key=lambda item: -item[1].numel()):
         r = next((i for i, free in enumerate(room) if free >= d.numel()), None)
         if r is None:
             rows.append([]), room.append(seq_len)
             r = len(rows) - 1
-        rows[r].append(d)
+        rows[r].append((i, d))
         room[r] -= d.numel()
     return _place(rows, seq_len, pad_id)
 
