@@ -33,11 +33,16 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int) -> dict:
     return {"n": n, "dtype": str(dtype), "ms": ms, "tflops": 2 * n**3 / (ms / 1e3) / 1e12}
 
 
-def attention_sweep(device: str, dtype: torch.dtype, seq_lens: list[int], backends: list[str]) -> list[dict]:
-    """Memory and latency of causal attention fwd+bwd per backend; OOM points are recorded."""
+def attention_sweep(device: str, dtype: torch.dtype, seq_lens: list[int], backends: list[str],
+                    max_len: dict[str, int] | None = None) -> list[dict]:
+    """Memory and latency of causal attention fwd+bwd per backend; OOM points are recorded.
+
+    ``max_len`` caps a backend's sweep (the chunked backend's Python loop is slow at long T)."""
     rows = []
     for backend in backends:
         for t in seq_lens:
+            if max_len and t > max_len.get(backend, t):
+                break
             rows.append(run_point(lambda: attention_point(backend, t, device=device, dtype=dtype, repeats=3),
                                   backend=backend, T=t))
             if rows[-1]["oom"]:
@@ -45,14 +50,101 @@ def attention_sweep(device: str, dtype: torch.dtype, seq_lens: list[int], backen
     return rows
 
 
+def training_step_fn(cfg, seq_len: int, device: str, dtype: torch.dtype) -> Callable[[], float]:
+    """A closure running one AdamW step of GPT(cfg) on random tokens; returns the loss."""
+    from .model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(cfg.replace(max_seq_len=max(cfg.max_seq_len, seq_len))).to(device, dtype)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    tokens = torch.randint(0, cfg.vocab_size, (1, seq_len), device=device)
+
+    def step() -> float:
+        _, loss = model(tokens, tokens)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss)
+    return step
+
+
+def largest_context(cfg, device: str, dtype: torch.dtype, start: int, limit: int, max_probe_s: float) -> dict:
+    """Real search: double T until a training step runs out of memory (or a probe passes ``max_probe_s``
+    or T reaches ``limit``), then bisect between the last fit and the first failure."""
+    def fits(t: int) -> tuple[bool, float]:
+        row = run_point(lambda: {"s": median_ms(training_step_fn(cfg, t, device, dtype), 1, 0, device) / 1e3})
+        return (not row["oom"], row.get("s", float("nan")))
+
+    probes, lo, hi, stopped = [], 0, start, "oom"
+    while hi <= limit:
+        ok, secs = fits(hi)
+        probes.append({"T": hi, "fits": ok, "s": secs})
+        if not ok:
+            break
+        lo = hi
+        if secs > max_probe_s:
+            stopped = "time"
+            break
+        hi *= 2
+    else:
+        stopped = "limit"
+    if stopped == "oom":
+        while hi - lo > max(start // 4, 64):
+            mid = (lo + hi) // 2 // 64 * 64
+            ok, secs = fits(mid)
+            probes.append({"T": mid, "fits": ok, "s": secs})
+            lo, hi = (mid, hi) if ok else (lo, mid)
+    return {"largest_fitting_T": lo, "stopped_by": stopped, "probes": probes}
+
+
+def step_throughput(cfg, seq_len: int, device: str, dtype: torch.dtype, peak_tflops: float | None) -> dict:
+    """Tokens per second of full training steps at ``seq_len`` and the model FLOPs utilisation."""
+    from .flops import training_flops_per_token
+
+    step = training_step_fn(cfg, seq_len, device, dtype)
+    ms = median_ms(step, repeats=3, warmup=1, device=device)
+    tokens_per_s = seq_len / (ms / 1e3)
+    flops = training_flops_per_token(cfg, seq_len, causal_skip=True)
+    mfu = tokens_per_s * flops / (peak_tflops * 1e12) if peak_tflops else None
+    return {"T": seq_len, "ms_per_step": ms, "tokens_per_s": tokens_per_s, "flops_per_token": flops,
+            "flops_formula": "6N + 6 L d T (causal kernel skips masked blocks)", "peak_tflops": peak_tflops,
+            "mfu": mfu}
+
+
+def model_125m(**changes):
+    """A GPT-2-small-sized shape: 12 layers, width 768, 12 heads, vocabulary 32000."""
+    from .config import ModelConfig
+
+    return ModelConfig(vocab_size=32000, d_model=768, n_layers=12, n_heads=12, max_seq_len=1024, **changes)
+
+
+ALL_TECHNIQUES = dict(attention="sdpa", checkpoint_every=1, loss_chunk=4096, mlp_chunk=4096)
+
+
 def sections(dry_run: bool, device: str) -> dict[str, Callable[[], object]]:
     """name -> measurement; sizes shrink to a few seconds on the CPU in dry-run mode."""
     dtype = torch.float32 if dry_run else torch.bfloat16
-    seqs = [128, 256] if dry_run else [2**i for i in range(10, 18)]
+    seqs = [64, 128] if dry_run else [2**i for i in range(10, 18)]
     from .attention import BACKENDS
+    from .config import reference_config
+
+    peak: dict = {}
+
+    def measure_peak_rate() -> dict:
+        peak.update(matmul_peak(device, dtype, 256 if dry_run else 8192))
+        return peak
+
+    tiny = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=64)
+    ref = reference_config(**(tiny if dry_run else {}), **ALL_TECHNIQUES)
+    big = ref if dry_run else model_125m(**ALL_TECHNIQUES)
+    start, limit, cap = (32, 64, 30.0) if dry_run else (8192, 2**21, 120.0)
     return {
-        "matmul_peak": lambda: matmul_peak(device, dtype, 256 if dry_run else 8192),
-        "attention": lambda: attention_sweep(device, dtype, seqs, list(BACKENDS)),
+        "matmul_peak": measure_peak_rate,
+        "attention": lambda: attention_sweep(device, dtype, seqs, list(BACKENDS), {"chunked": 16384}),
+        "max_context_reference": lambda: largest_context(ref, device, dtype, start, limit, cap),
+        "max_context_125m": lambda: largest_context(big, device, dtype, start, limit, cap),
+        "throughput_125m": lambda: step_throughput(big, 128 if dry_run else 16384, device, dtype,
+                                                   peak.get("tflops")),
     }
 
 

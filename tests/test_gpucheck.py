@@ -32,3 +32,22 @@ def test_a_failing_section_is_recorded_and_others_run(tmp_path, monkeypatch):
     monkeypatch.setattr(gpucheck, "sections", broken)
     data = gpucheck.run(str(tmp_path / "gc.json"), dry_run=True, only=["matmul_peak"])
     assert "ZeroDivisionError" in data["sections"]["matmul_peak"]["error"]
+
+
+def test_the_whole_dry_run_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "gpucheck.json"
+    proc = subprocess.run([sys.executable, "-m", "ctxlab.gpucheck", "--dry-run", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    gpucheck.validate(data)
+    assert data["dry_run"] is True and data["device"]
+    for name in ("matmul_peak", "attention", "max_context_reference", "max_context_125m", "throughput_125m"):
+        assert data["sections"][name]["error"] is None, (name, data["sections"][name]["error"])
+    ctx = data["sections"]["max_context_reference"]["value"]
+    assert ctx["largest_fitting_T"] == 64 and ctx["stopped_by"] == "limit"
+    assert 0 < data["sections"]["throughput_125m"]["value"]["mfu"]
+    assert proc.stdout.strip().splitlines()[-1].startswith("wrote ")
