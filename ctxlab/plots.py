@@ -123,3 +123,19 @@ def work_heatmaps(works: dict[str, list[list[int]]]):
         ax.set_title(f"{title}: max/mean = {totals.max() / totals.mean():.2f}", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def pipeline_gantt(ax, events_by_stage: list, title: str, scale: float = 1e3, unit: str = "ms") -> None:
+    """One row per stage, a bar per forward (blue) and backward (orange) labelled with its micro-batch."""
+    colors = {"F": "C0", "B": "C1"}
+    for stage, events in enumerate(events_by_stage):
+        for kind, mb, start, end in events:
+            ax.broken_barh([(start * scale, (end - start) * scale)], (stage - 0.4, 0.8), color=colors[kind],
+                           edgecolor="white", linewidth=0.5)
+            ax.text((start + end) / 2 * scale, stage, str(mb), ha="center", va="center", fontsize=7, color="white")
+    ax.set_yticks(range(len(events_by_stage)), [f"stage {s}" for s in range(len(events_by_stage))])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"time ({unit})")
+    ax.set_title(title, fontsize=10)
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()], labels=["forward", "backward"],
+              loc="lower right", fontsize=7)

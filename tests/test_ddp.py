@@ -4,7 +4,7 @@ import torch
 
 from ctxlab import ModelConfig
 from ctxlab.parallel import launch
-from ctxlab.parallel.ddp import ddp_compare_worker, split_batch, train_single
+from ctxlab.parallel.ddp import ddp_compare_worker, ddp_train_worker, split_batch, train_single
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32)
 
@@ -34,6 +34,10 @@ def test_bad_inputs_before_any_process_starts():
     x, y = batch(3)
     with pytest.raises(ValueError, match="divisible by world_size"):
         split_batch(x, 0, 2)
+    with pytest.raises(ValueError, match="divisible by world_size"):  # checked before any rank starts
+        launch(ddp_compare_worker, 2, CFG, x, y)
+    with pytest.raises(ValueError, match="steps"):
+        launch(ddp_train_worker, 1, CFG, x, y, 0)
     with pytest.raises(ValueError, match="steps"):
         train_single(CFG, x, y, steps=0)
     with pytest.raises(TypeError, match="cfg"):

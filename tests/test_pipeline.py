@@ -86,5 +86,9 @@ def test_bad_inputs():
         schedule_order("zb-h1", 0, 2, 4)
     with pytest.raises(ValueError, match="n_stages"):
         check_step(CFG, x, y, 4, 3)
+    with pytest.raises(ValueError, match="n_micro"):  # checked in the caller, before any rank starts
+        launch(schedules_worker, 2, CFG, x, y, 4)
+    with pytest.raises(ValueError, match="n_stages"):
+        launch(schedules_worker, 4, CFG, x, y, 3)
     with pytest.raises(ValueError, match="micro_counts"):
         run(2, (0,))

@@ -13,19 +13,34 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+_unfinished_sends: list = []  # (work, tensor): a send may complete after the sender moved on
+
+
 def _exchange(send: Tensor | None, send_to: int | None, recv_like: tuple | None, recv_from: int | None) -> Tensor | None:
-    """Post one send and/or one receive together and wait for both; returns the received tensor."""
+    """Post one send and/or one receive together; wait for the receive only, the send finishes in the background."""
     ops, received = [], None
     if send is not None:
-        ops.append(dist.P2POp(dist.isend, send.contiguous(), send_to))
+        send = send.contiguous()
+        ops.append(dist.P2POp(dist.isend, send, send_to))
     if recv_like is not None:
         shape, dtype, device = recv_like
         received = torch.empty(shape, dtype=dtype, device=device)
         ops.append(dist.P2POp(dist.irecv, received, recv_from))
-    if ops:
-        for req in dist.batch_isend_irecv(ops):
-            req.wait()
+    if not ops:
+        return None
+    works = dist.batch_isend_irecv(ops)
+    if send is not None and len(works) == len(ops):  # gloo: one work per op, so the send can be left running
+        _unfinished_sends.append((works.pop(0), send))
+    for work in works:
+        work.wait()
     return received
+
+
+def wait_for_sends() -> None:
+    """Block until every send posted so far has completed (end of a step: nothing may stay in flight)."""
+    while _unfinished_sends:
+        work, _ = _unfinished_sends.pop(0)
+        work.wait()
 
 
 def recv_forward(like: tuple, rank: int) -> Tensor:
@@ -59,6 +74,7 @@ def send_backward_recv_forward(grad: Tensor, like: tuple, rank: int) -> Tensor:
 def add_from_peer_(tensor: Tensor, peer: int) -> None:
     """tensor += peer's tensor (same shape), in place on both sides: sums a tied weight's gradient."""
     other = _exchange(tensor, peer, (tensor.shape, tensor.dtype, tensor.device), peer)
+    wait_for_sends()
     tensor.add_(other)
 
 

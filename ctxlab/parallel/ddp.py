@@ -10,6 +10,7 @@ activations (erratum E9). ``torchrun --nproc-per-node 2 -m ctxlab.parallel.ddp``
 """
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -24,15 +25,15 @@ from .launch import rank_device
 class DataParallel(nn.Module):
     """Wraps a module; call ``finish_gradient_sync()`` after ``backward()`` and before ``optimizer.step()``."""
 
-    def __init__(self, module: nn.Module, bucket_cap_mb: float = 1.0):
+    def __init__(self, module: nn.Module, bucket_cap_mb: float = 1.0, group: dist.ProcessGroup | None = None):
         super().__init__()
         if not dist.is_initialized():
             raise RuntimeError("DataParallel needs an initialised process group (use ctxlab.parallel.launch)")
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb!r}")
-        self.module, self.world_size = module, dist.get_world_size()
-        for t in list(module.parameters()) + list(module.buffers()):  # every replica starts from rank 0's weights
-            dist.broadcast(t.data, src=0)
+        self.module, self.group, self.world_size = module, group, dist.get_world_size(group)
+        for t in list(module.parameters()) + list(module.buffers()):  # every replica starts from the first's weights
+            dist.broadcast(t.data, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
         params = [p for p in module.parameters() if p.requires_grad][::-1]
         self.buckets: list[list[nn.Parameter]] = [[]]
         size, cap = 0, bucket_cap_mb * 2**20
@@ -57,7 +58,7 @@ class DataParallel(nn.Module):
         self._ready[b] += 1
         if self._ready[b] == len(self.buckets[b]):  # the whole bucket is ready: start its all-reduce now
             flat = torch.cat([q.grad.reshape(-1) for q in self.buckets[b]]).div_(self.world_size)
-            self._in_flight.append((b, flat, dist.all_reduce(flat, async_op=True)))
+            self._in_flight.append((b, flat, dist.all_reduce(flat, group=self.group, async_op=True)))
             self.launch_times.append(time.perf_counter())
 
     def finish_gradient_sync(self) -> None:
@@ -164,22 +165,50 @@ def ddp_compare_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Ten
             for impl in ("ours", "torch")}
 
 
-def ddp_memory_worker(rank: int, world_size: int, cfg: ModelConfig, micro_batch: int, seq_len: int) -> int:
-    """Peak bytes of one data-parallel training step on this rank at a fixed per-rank micro-batch."""
+def _check_worker_args(world_size: int, cfg: ModelConfig, tokens: Tensor, targets: Tensor, steps: int = 5,
+                       *_: object) -> None:
+    _check_run(cfg, tokens, targets, steps, world_size)
+
+
+ddp_train_worker.check_args = ddp_compare_worker.check_args = _check_worker_args
+
+
+def ddp_scaling_worker(rank: int, world_size: int, cfg: ModelConfig, micro_batch: int, seq_len: int,
+                       steps: int = 3) -> dict:
+    """Per-rank peak memory and step time at a fixed micro-batch, alone (a group of one) and with all ranks.
+
+    One thread per rank, as if each rank were a device of its own. Alone, rank 0 also runs the whole
+    global batch (``world_size x micro_batch`` sequences) to time what one device would take.
+    """
+    from ..bench import median_ms
     from ..memory import measure_peak
 
+    torch.set_num_threads(1)
     device = rank_device()
-    torch.manual_seed(0)
-    model = DataParallel(GPT(cfg).to(device))
-    x = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), device=device)
+    alone = [dist.new_group([r]) for r in range(world_size)][rank]  # every rank must create every group
+    gen = torch.Generator().manual_seed(rank)
+    x = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), generator=gen).to(device)
+    big = torch.randint(0, cfg.vocab_size, (micro_batch * world_size, seq_len), generator=gen).to(device)
+    out = {}
+    for name, group in (("alone", alone), ("all", None)):
+        torch.manual_seed(0)
+        model = DataParallel(GPT(cfg).to(device), group=group)
 
-    def step() -> None:
-        _, loss = model(x, x)
-        loss.backward()
-        model.finish_gradient_sync()
-        model.module.zero_grad(set_to_none=True)
+        def step(batch: Tensor = x) -> None:
+            _, loss = model(batch, batch)
+            loss.backward()
+            model.finish_gradient_sync()
+            model.module.zero_grad(set_to_none=True)
 
-    return measure_peak(step, device)
+        out[f"peak_{name}"] = measure_peak(step, device)
+        dist.barrier()
+        out[f"ms_{name}"] = median_ms(step, repeats=steps, device=device)
+        if name == "alone":
+            dist.barrier()
+            out["ms_global_batch_alone"] = median_ms(lambda: step(big), repeats=steps, device=device) \
+                if rank == 0 else None
+            dist.barrier()
+    return out
 
 
 if __name__ == "__main__":
@@ -188,7 +217,7 @@ if __name__ == "__main__":
     def _main() -> None:
         cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=2, max_seq_len=64)
         gen = torch.Generator().manual_seed(0)
-        tokens = torch.randint(0, 64, (8, 32), generator=gen)
+        tokens = torch.randint(0, 64, (2 * int(os.environ.get("WORLD_SIZE", "1")), 32), generator=gen)
         out = run_from_env(ddp_train_worker, cfg, tokens, tokens.roll(-1, 1), 3)
         print("losses:", [round(v, 6) for v in out["losses"]], flush=True)
 

@@ -87,6 +87,9 @@ def _validate(fn: Callable, world_size: int, args: tuple, backend: str | None, t
         raise ValueError("backend 'nccl' needs CUDA GPUs; use backend='gloo' or None on this machine")
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    check_args = getattr(fn, "check_args", None)  # a worker's own validation, run here before any process starts
+    if check_args is not None:
+        check_args(world_size, *args)
     try:
         pickle.dumps(args)
     except Exception as err:  # noqa: BLE001 - any pickling failure means the args cannot reach the ranks
@@ -168,6 +171,7 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str | None = None
            port: int = 0) -> list:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` spawned ranks and return their results by rank.
 
+    A worker may carry a ``check_args(world_size, *args)`` attribute: it runs before any process starts.
     Raises :class:`RankFailure` (with the rank's traceback) when a rank raises or exits without a result,
     and :class:`RankTimeout` when ranks are still running after ``timeout`` seconds; all ranks are stopped
     first. ``port=0`` picks a free port; a given port that is taken is reported before any rank starts.

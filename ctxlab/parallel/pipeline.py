@@ -152,6 +152,7 @@ def run_schedule(stage: Stage, order: list[tuple[str, int]], tokens: list[Tensor
                     next_input = comms.send_backward_recv_forward(x.grad, hidden_like, rank).requires_grad_()
                 else:
                     comms.send_backward(x.grad, rank)
+    comms.wait_for_sends()
     return loss_sum
 
 
@@ -196,26 +197,23 @@ def pipeline_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor
     order = schedule_order(schedule, rank, world_size, n_micro)
     runs, loss, grads, peak_bytes = [], None, {}, None
     native = _torch_schedule(stage, rank, world_size, n_micro, schedule, device) if impl == "torch" else None
-    for step in range(steps):
+
+    def one_step(recorder: EventRecorder) -> float:
         stage.zero_grad(set_to_none=True)
+        if native is None:
+            return run_schedule(stage, order, tok_mbs, tgt_mbs, hidden_like, rank, recorder)
+        return _run_torch_schedule(native, stage, tokens.to(device), targets.to(device))
+
+    for step in range(steps):
         recorder = EventRecorder()
-
-        def one_step() -> float:
-            if native is None:
-                return run_schedule(stage, order, tok_mbs, tgt_mbs, hidden_like, rank, recorder)
-            return _run_torch_schedule(native, stage, tokens.to(device), targets.to(device))
-
-        if measure_memory and step == steps - 1:
-            from ..memory import measure_peak
-            box = []
-            peak_bytes = measure_peak(lambda: box.append(one_step()), device)
-            loss = box[0]
-        else:
-            loss = one_step()
+        loss = one_step(recorder)
         runs.append(recorder.events)
         sync_tied_grad(stage, rank, world_size)
         if step == 0:
             grads = {stage.full_name(n): p.grad.detach().cpu().clone() for n, p in stage.named_parameters()}
+    if measure_memory:  # one more step under the tracker, kept out of the timed runs
+        from ..memory import measure_peak
+        peak_bytes = measure_peak(lambda: one_step(EventRecorder()), device)
     return {"rank": rank, "loss": loss if stage.is_last else None, "grads": grads, "runs": runs,
             "peak_held": recorder.peak_held, "peak_bytes": peak_bytes}
 
@@ -262,11 +260,22 @@ def merge_grads(results: list[dict]) -> dict:
     return merged
 
 
+def _check_worker_args(world_size: int, cfg: ModelConfig, tokens: Tensor, targets: Tensor, n_micro: int,
+                       *_: object) -> None:
+    check_step(cfg, tokens, targets, world_size, n_micro)
+
+
+pipeline_worker.check_args = _check_worker_args
+
+
 def schedules_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor, targets: Tensor,
                      n_micro: int, impls: tuple[str, ...] = ("ours",), **kw) -> dict[str, dict]:
     """Both schedules (and implementations) in one process group: one launch, or one torchrun, for all."""
     return {f"{name}/{impl}": pipeline_worker(rank, world_size, cfg, tokens, targets, n_micro, name, impl=impl, **kw)
             for impl in impls for name in SCHEDULES}
+
+
+schedules_worker.check_args = _check_worker_args
 
 
 if __name__ == "__main__":
