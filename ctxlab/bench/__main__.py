@@ -6,6 +6,7 @@ import sys
 
 SWEEPS = {
     "attention": "attention memory and latency vs T per backend",
+    "memory": "largest trainable context under a memory budget per technique",
 }
 
 
