@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from .config import ModelConfig
-from .memory import measure_peak
+from .memory import free_device_memory, is_out_of_memory, measure_peak
 from .model import GPT
 
 # A technique is a set of config changes; "all" combines every memory option of chapter 2.
@@ -121,3 +121,74 @@ def measure_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, device: 
     else:
         before, peak = _training_step(cfg, seq_len, batch, device)
     return {"states": before, "step_peak": peak, "total": before + peak}
+
+
+def max_context(cfg: ModelConfig, budget_bytes: float, techniques: Sequence[str] = (), method: str = "predict",
+                batch: int = 1, device: str = "cpu", tolerance: float = 0.01, granularity: int = 64,
+                traced_attention: str | None = None) -> int:
+    """Largest context T (a multiple of ``granularity``) whose training step fits ``budget_bytes``.
+
+    ``method="predict"`` searches with :func:`predict_step_memory`; ``"measure"`` with
+    :func:`measure_step_memory` (traced, so each probe takes seconds), starting from the prediction and
+    bisecting until the bracket is within ``tolerance`` (relative) or ``granularity`` tokens.
+    Returns 0 when not even ``granularity`` tokens fit. ``traced_attention`` swaps the attention
+    backend for the measured probes only: the chunked backend's Python loop over blocks makes tracing
+    long contexts slow, and torch's fused kernel saves the same tensors (q, k, v, output, log-sum-exp).
+    A probe that runs out of device memory counts as "does not fit".
+    """
+    if method not in ("predict", "measure"):
+        raise ValueError(f"method must be 'predict' or 'measure', got {method!r}")
+    if not isinstance(budget_bytes, (int, float)) or budget_bytes <= 0:
+        raise ValueError(f"budget_bytes must be a positive number, got {budget_bytes!r}")
+    if not isinstance(granularity, int) or granularity <= 0 or not 0 < tolerance < 1:
+        raise ValueError(f"granularity must be a positive int and tolerance in (0, 1), got {granularity!r}, {tolerance!r}")
+    cfg = apply_techniques(cfg, techniques)
+    states = 4 * count_params(cfg) * 4
+    if budget_bytes < states:
+        raise ValueError(f"budget_bytes={budget_bytes:,.0f} is smaller than the model's own states "
+                         f"({states:,} bytes: parameters, gradients and two AdamW moments in fp32); "
+                         "no context length fits")
+
+    def predicted(t: int) -> int:
+        return predict_step_memory(cfg, t, batch)["total"]
+
+    traced = cfg if traced_attention is None else cfg.replace(attention=traced_attention)
+
+    def measured(t: int) -> float:
+        try:
+            return measure_step_memory(traced, t, batch, device)["total"]
+        except (RuntimeError, MemoryError) as err:
+            if not (isinstance(err, MemoryError) or is_out_of_memory(err)):
+                raise
+            free_device_memory()
+            return float("inf")
+
+    cost = predicted if method == "predict" else measured
+    g = granularity
+    # predicted memory grows with T, so bisection on it is exact; it also gives the measured search its start
+    lo, hi = 0, g
+    while predicted(hi) <= budget_bytes:
+        lo, hi = hi, hi * 2
+    while hi - lo > g:
+        mid = (lo + hi) // 2 // g * g
+        lo, hi = (mid, hi) if predicted(mid) <= budget_bytes else (lo, mid)
+    if method == "predict":
+        return lo
+    lo = max(g, lo)
+    if cost(lo) <= budget_bytes:  # grow until a probe fails
+        hi = lo
+        while cost(hi) <= budget_bytes:
+            lo, hi = hi, -(-int(hi * 1.1) // g) * g
+    else:  # shrink until a probe fits
+        hi = lo
+        while True:
+            lo = int(hi / 1.1) // g * g
+            if lo < g:
+                return 0
+            if cost(lo) <= budget_bytes:
+                break
+            hi = lo
+    while hi - lo > max(g, tolerance * lo):
+        mid = (lo + hi) // 2 // g * g
+        lo, hi = (mid, hi) if cost(mid) <= budget_bytes else (lo, mid)
+    return lo

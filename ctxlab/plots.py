@@ -139,3 +139,26 @@ def pipeline_gantt(ax, events_by_stage: list, title: str, scale: float = 1e3, un
     ax.set_title(title, fontsize=10)
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()], labels=["forward", "backward"],
               loc="lower right", fontsize=7)
+
+
+def budget_figure(budget_mib: float, rows: list[dict], breakdown: dict, max_t: float):
+    """Left: predicted largest T per technique under one budget; right: the parts of the best row's step."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3), gridspec_kw={"width_ratios": [3, 1]})
+    names = [r["technique"] for r in rows]
+    a.barh(names, [r["T"] for r in rows], color="C0")
+    a.set_xlim(0, max_t * 1.1)
+    a.invert_yaxis()
+    a.set_xlabel("largest trainable context T (predicted)")
+    for i, r in enumerate(rows):
+        a.annotate(f"{r['T']:,}", (r["T"], i), va="center", fontsize=8)
+    bottom = 0.0
+    for i, (part, nbytes) in enumerate(breakdown.items()):
+        b.bar([0], [nbytes / 2**20], bottom=bottom, color=f"C{i + 1}", label=part)
+        bottom += nbytes / 2**20
+    b.set_ylim(0, budget_mib * 1.05)
+    b.set_xticks([])
+    b.set_ylabel("MiB")
+    b.legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"budget {budget_mib:,.0f} MiB")
+    fig.tight_layout()
+    return fig

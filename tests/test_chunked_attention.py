@@ -68,11 +68,11 @@ def test_rows_with_no_visible_key_are_zero_and_merge_exactly():
 def test_memory_is_linear_in_t():
     def peak(t, fn):
         g = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(1, 2, t, 16, generator=g).requires_grad_(True) for _ in range(3))
+        q, k, v = (torch.randn(1, 1, t, 16, generator=g).requires_grad_(True) for _ in range(3))
         return measure_peak(lambda: fn(q, k, v).sum().backward(), "cpu")
-    chunked = [peak(t, lambda *a: chunked_attention(*a, q_chunk=64, k_chunk=64)) for t in (512, 1024, 2048)]
+    chunked = [peak(t, lambda *a: chunked_attention(*a, q_chunk=64, k_chunk=64)) for t in (256, 512, 1024)]
     assert chunked[2] / chunked[1] < 2.3 and chunked[1] / chunked[0] < 2.3
-    naive = peak(2048, lambda *a: attention_with_lse(*a)[0])
+    naive = peak(1024, lambda *a: attention_with_lse(*a)[0])
     assert chunked[2] < 0.1 * naive
 
 

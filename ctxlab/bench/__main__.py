@@ -9,6 +9,7 @@ SWEEPS = {
     "clipping": "gradient clipping rules compared; a long-context run with and without clipping",
     "ring": "ring attention over P ranks: exactness, per-rank memory and work, bytes sent",
     "pipeline": "GPipe and 1F1B on p ranks: step time, bubble measured vs (p-1)/(m+p-1)",
+    "memory": "largest trainable context under a memory budget per technique",
 }
 
 
