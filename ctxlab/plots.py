@@ -47,3 +47,23 @@ def attention_point_figure(rows: list[dict], seq_len: int, max_mib: float, max_m
     fig.suptitle(f"attention forward + backward at T = {seq_len}")
     fig.tight_layout()
     return fig
+
+
+def loss_and_grad_norm_curves(axes, runs: Sequence[tuple[str, dict]], best_loss: float | None = None,
+                              max_loss: float | None = None) -> None:
+    """Training loss and gradient norm (before clipping) per step, one line per (label, history) pair;
+    a run that stopped on a non-finite loss simply ends early. ``max_loss`` caps the loss axis."""
+    ax1, ax2 = axes
+    for label, history in runs:
+        ax1.plot(history["losses"], label=label)
+        ax2.plot(history["grad_norms"], label=label)
+    if best_loss is not None:
+        ax1.axhline(best_loss, color="gray", linestyle=":", linewidth=1)
+    for ax, ylabel in ((ax1, "training loss" + (" (dotted: best possible)" if best_loss else "")),
+                       (ax2, "gradient norm before clipping")):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+    if max_loss is not None:
+        ax1.set_ylim(top=max_loss)
