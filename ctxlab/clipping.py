@@ -147,6 +147,14 @@ def layer_of(name: str) -> str:
     return ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
 
 
+def layer_norms(named_grads: Iterable[tuple[str, Tensor]], norm_type: float | str = 2.0) -> dict[str, float]:
+    """Gradient norm per layer (see ``layer_of``) from (parameter name, gradient) pairs."""
+    groups: dict[str, list[Tensor]] = {}
+    for name, g in named_grads:
+        groups.setdefault(layer_of(name), []).append(g)
+    return {layer: float(total_norm(grads, norm_type)) for layer, grads in groups.items()}
+
+
 class GradNormMonitor:
     """Per-step total gradient norm (before and after clipping), optional per-layer norms, clip rate."""
 
@@ -165,11 +173,8 @@ class GradNormMonitor:
         named = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
         before = float(total_norm([p.grad for _, p in named], self.norm_type))
         if self.per_layer:
-            groups: dict[str, list[Tensor]] = {}
-            for n, p in named:
-                groups.setdefault(layer_of(n), []).append(p.grad)
-            for layer, grads in groups.items():
-                self.layer_norms.setdefault(layer, []).append(float(total_norm(grads, self.norm_type)))
+            for layer, norm in layer_norms([(n, p.grad) for n, p in named], self.norm_type).items():
+                self.layer_norms.setdefault(layer, []).append(norm)
         if clip is not None:
             clip([p for _, p in model.named_parameters()])
         after = float(total_norm([p.grad for _, p in named], self.norm_type)) if clip is not None else before

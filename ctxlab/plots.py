@@ -162,3 +162,23 @@ def budget_figure(budget_mib: float, rows: list[dict], breakdown: dict, max_t: f
     fig.suptitle(f"budget {budget_mib:,.0f} MiB")
     fig.tight_layout()
     return fig
+
+
+def loss_and_grad_norm_curves(axes, runs: Sequence[tuple[str, dict]], best_loss: float | None = None,
+                              max_loss: float | None = None) -> None:
+    """Training loss and gradient norm (before clipping) per step, one line per (label, history) pair;
+    a run that stopped on a non-finite loss simply ends early. ``max_loss`` caps the loss axis."""
+    ax1, ax2 = axes
+    for label, history in runs:
+        ax1.plot(history["losses"], label=label)
+        ax2.plot(history["grad_norms"], label=label)
+    if best_loss is not None:
+        ax1.axhline(best_loss, color="gray", linestyle=":", linewidth=1)
+    for ax, ylabel in ((ax1, "training loss" + (" (dotted: best possible)" if best_loss else "")),
+                       (ax2, "gradient norm before clipping")):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+    if max_loss is not None:
+        ax1.set_ylim(top=max_loss)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ctxlab.clipping import (GradNormMonitor, adaptive_clip, article_clip, clip_by_global_norm, clip_by_value,
-                             layer_of, make_clipper, total_norm, unitwise_norm)
+                             layer_norms, layer_of, make_clipper, total_norm, unitwise_norm)
 
 SHAPES = {"vector": [(7,)], "matrices": [(4, 5), (3,), (2, 3, 4)], "scalar+big": [(), (64, 32), (32,)]}
 
@@ -181,3 +181,12 @@ def test_monitor_counts_clipped_steps_and_layers():
     restored = GradNormMonitor()
     restored.load_state_dict(monitor.state_dict())
     assert restored.state_dict() == monitor.state_dict()
+
+
+def test_layer_norms_combine_to_the_total():
+    grads = [("blocks.0.attn.q.weight", torch.randn(4, 4)), ("blocks.0.mlp.up.weight", torch.randn(4)),
+             ("blocks.1.mlp.up.weight", torch.randn(3, 2)), ("embed.weight", torch.randn(5, 4))]
+    norms = layer_norms(grads)
+    assert list(norms) == ["blocks.0", "blocks.1", "embed"]
+    combined = math.sqrt(sum(v ** 2 for v in norms.values()))
+    assert combined == pytest.approx(float(total_norm([g for _, g in grads])), rel=1e-5)
