@@ -6,6 +6,7 @@ import sys
 
 SWEEPS = {
     "attention": "attention memory and latency vs T per backend",
+    "positions": "passkey accuracy and loss by position past the trained length, per RoPE scaling",
 }
 
 
