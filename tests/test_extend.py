@@ -11,7 +11,9 @@ from ctxlab.model import GPT
 @pytest.fixture(scope="module")
 def ckpt_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
-    main(["all", "--steps", "2", "--out", str(out), "--seed", "3", "--eval-samples", "4"])
+    threads = torch.get_num_threads()
+    main(["all", "--steps", "2", "--out", str(out), "--seed", "3", "--eval-samples", "4", "--threads", "1"])
+    torch.set_num_threads(threads)
     return out
 
 
