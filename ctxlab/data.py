@@ -1,6 +1,8 @@
 """Synthetic long-context tasks, generated on the fly from a seed, at any length.
 
-Both tasks share one small vocabulary: the ten digits, a marker, and filler tokens.
+Both tasks share one small vocabulary: key tokens, a marker, and filler tokens. Key token j of a
+key is one of ten digits written with slot j's own ten tokens, so finding the key is a lookup by
+content anywhere in the context (what positions must allow), not a counting puzzle.
 
 - ``language_batch``: a "language" whose text is a random walk over a per-sequence dictionary of
   short words. The first letter of a word is a guess among the dictionary's words; the rest of a
@@ -19,9 +21,10 @@ import torch
 from torch import Tensor
 
 N_DIGITS = 10
-MARK = 10  # opens the key and asks for it at the end
-FIRST_FILLER = 11
-VOCAB_SIZE = 64
+MAX_KEY_LEN = 5
+MARK = N_DIGITS * MAX_KEY_LEN  # opens the key and asks for it at the end
+FIRST_FILLER = MARK + 1
+VOCAB_SIZE = 96
 IGNORE = -100
 
 
@@ -73,15 +76,20 @@ class PasskeyBatch:
 
 
 def passkey_batch(batch: int, seq_len: int, seed: int, depth: float | list[float] | None = None, key_len: int = 5,
-                  n_words: int = 16, word_len: int = 4) -> PasskeyBatch:
+                  n_words: int = 16, word_len: int = 4, loss_on: str = "all") -> PasskeyBatch:
     """Hide ``MARK d1..dk`` in word-language text at ``depth`` (random when None) and end with ``MARK d1..dk``.
 
     ``depth`` may be one number in [0, 1] or one per sample. The key starts on a word boundary, so
-    the realised depth (returned) is within ``word_len`` tokens of the one asked for.
+    the realised depth (returned) is within ``word_len`` tokens of the one asked for. ``loss_on="answer"``
+    keeps only the answer's targets (a sharp signal for retrieval); ``"all"`` adds the language's.
     """
+    if loss_on not in ("all", "answer"):
+        raise ValueError(f"loss_on must be 'all' or 'answer', got {loss_on!r}")
     for name, value, lo in (("batch", batch, 1), ("key_len", key_len, 1), ("n_words", n_words, 1),
                             ("word_len", word_len, 1)):
         _check_int(name, value, lo)
+    if key_len > MAX_KEY_LEN:
+        raise ValueError(f"key_len must be in 1..{MAX_KEY_LEN}, got {key_len!r}")
     block = key_len + 1
     _check_int("seq_len", seq_len, 2 * block + word_len)
     depths = np.full(batch, np.nan) if depth is None else np.broadcast_to(np.asarray(depth, dtype=float), (batch,))
@@ -92,7 +100,8 @@ def passkey_batch(batch: int, seq_len: int, seed: int, depth: float | list[float
     last_slot = text_len // word_len  # the key may start after 0..last_slot whole words
     rows, keys, key_pos = [], [], []
     for i in range(batch):
-        key = rng.integers(0, N_DIGITS, size=key_len).tolist()
+        digits = rng.integers(0, N_DIGITS, size=key_len)
+        key = (digits + N_DIGITS * np.arange(key_len)).tolist()
         d = rng.random() if np.isnan(depths[i]) else depths[i]
         slot = int(round(d * last_slot))
         words = sum(_words_text(rng, text_len, n_words, word_len), [])
@@ -108,6 +117,10 @@ def passkey_batch(batch: int, seq_len: int, seed: int, depth: float | list[float
     hidden = key_pos_t[:, None] + torch.arange(key_len)[None, :]  # predicting the hidden digits is a guess
     targets.scatter_(1, hidden, IGNORE)
     answer_pos = torch.arange(seq_len - block, seq_len - 1)
+    if loss_on == "answer":
+        keep = targets[:, answer_pos]
+        targets = torch.full_like(targets, IGNORE)
+        targets[:, answer_pos] = keep
     depth_real = key_pos_t.double() / (last_slot * word_len)
     return PasskeyBatch(tokens, targets, torch.tensor(keys, dtype=torch.long), key_pos_t, depth_real, answer_pos)
 

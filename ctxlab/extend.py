@@ -4,7 +4,7 @@
 (and an ALiBi twin); ``python -m ctxlab.extend extend`` fine-tunes it at ``FACTOR`` x that length
 with no scaling (the control), PI and YaRN. Checkpoints hold weights and config only (a few MB),
 are written atomically and load with ``weights_only=True``; a JSON beside them records the command,
-seeds and timings. ``passkey_accuracy`` and ``loss_by_position`` are the two measurements.
+seeds and timings. ``passkey_accuracy`` is the measurement.
 """
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .data import VOCAB_SIZE, language_batch, passkey_batch, passkey_batches
+from .data import VOCAB_SIZE, passkey_batch, passkey_batches
 from .model import GPT
 from .positions import STATIC_SCALINGS
 from .train import load_checkpoint, save_checkpoint, train
 
 TRAIN_LEN, FACTOR = 128, 4
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "book" / "checkpoints" / "positions"
-BASE = dict(vocab_size=VOCAB_SIZE, d_model=128, n_layers=2, n_heads=4, max_seq_len=TRAIN_LEN)
+BASE = dict(vocab_size=VOCAB_SIZE, d_model=64, n_layers=2, n_heads=4, max_seq_len=TRAIN_LEN)
+BATCH_TOKENS = 16 * TRAIN_LEN  # tokens per step, at every length
 FINETUNES = ("none", "pi", "yarn")
 
 
@@ -64,54 +65,47 @@ def load_model(path: str | Path, cfg: ModelConfig | None = None, device: str = "
 
 
 @torch.no_grad()
-def passkey_accuracy(model: GPT, seq_len: int, n: int = 200, seed: int = 10_000, depth=None,
+def passkey_accuracy(model: GPT, seq_len: int, n: int = 200, seed: int = 10_000, depth=None, n_depths: int = 5,
                      batch: int = 50) -> dict:
-    """All-digits-correct rate (greedy, read in one forward pass) over ``n`` samples, plus per-sample
-    correctness and depth. With ``depth=None`` depths cycle over 0, 1/4, ..., 1 so every depth is equally tested."""
-    if n < 1 or batch < 1:
-        raise ValueError(f"n and batch must be >= 1, got n={n}, batch={batch}")
+    """All-digits-correct rate over ``n`` samples (greedy; teacher forcing reads all digits in one pass, and a
+    key is right exactly when greedy decoding would be), with per-sample correctness, depth, key position and
+    answer loss. With ``depth=None`` depths cycle over ``n_depths`` even steps from 0 to 1, so each is equally
+    tested; ``depth="random"`` draws them uniformly."""
+    if n < 1 or batch < 1 or n_depths < 2:
+        raise ValueError(f"n and batch must be >= 1 and n_depths >= 2, got n={n}, batch={batch}, n_depths={n_depths}")
     device = next(model.parameters()).device
-    correct, depths = [], []
+    out = {"correct": [], "depth": [], "target_depth": [], "key_pos": [], "loss": []}
     for start in range(0, n, batch):
         m = min(batch, n - start)
-        d = [((start + i) % 5) / 4 for i in range(m)] if depth is None else depth
+        d = [((start + i) % n_depths) / (n_depths - 1) for i in range(m)] if depth is None else \
+            (None if depth == "random" else depth)
         b = passkey_batch(m, seq_len, seed + start, depth=d)
         logits, _ = model(b.tokens.to(device))
-        pred = logits[:, b.answer_pos.to(device)].argmax(-1).cpu()
-        correct.append((pred == b.key).all(-1))
-        depths.append(b.depth)
-    correct_t = torch.cat(correct)
-    return {"accuracy": correct_t.float().mean().item(), "correct": correct_t.tolist(),
-            "depth": torch.cat(depths).tolist()}
-
-
-@torch.no_grad()
-def loss_by_position(model: GPT, seq_len: int, n: int = 32, seed: int = 20_000, batch: int = 16) -> torch.Tensor:
-    """Mean next-token loss at each position of the word language (length ``seq_len - 1``)."""
-    device = next(model.parameters()).device
-    total = torch.zeros(seq_len - 1)
-    for start in range(0, n, batch):
-        m = min(batch, n - start)
-        tokens, targets = language_batch(m, seq_len, seed + start)
-        logits, _ = model(tokens.to(device))
-        loss = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), targets[:, :-1].to(device), reduction="none")
-        total += loss.sum(0).cpu()
-    return total / n
+        answer = logits[:, b.answer_pos.to(device)].float().cpu()
+        out["correct"] += (answer.argmax(-1) == b.key).all(-1).tolist()
+        out["loss"] += F.cross_entropy(answer.transpose(1, 2), b.key, reduction="none").mean(-1).tolist()
+        out["depth"] += b.depth.tolist()
+        out["target_depth"] += list(d) if isinstance(d, list) else [d] * m
+        out["key_pos"] += b.key_pos.tolist()
+    out["accuracy"] = sum(out["correct"]) / n
+    return out
 
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def train_base(out: Path, steps: int, seed: int, position_encoding: str = "rope", device: str = "cpu") -> dict:
+def train_base(out: Path, steps: int, seed: int, position_encoding: str = "rope", device: str = "cpu",
+               eval_samples: int = 200) -> dict:
     torch.manual_seed(seed)
     model = GPT(base_config(position_encoding))
     t0 = time.perf_counter()
-    hist = train(model, passkey_batches(32, TRAIN_LEN, seed), steps, lr=1e-3, warmup=min(100, steps), clip=1.0,
-                 seed=seed, device=device, progress=sys.stderr.isatty())
-    acc = passkey_accuracy(model.eval(), TRAIN_LEN)["accuracy"]
+    hist = train(model, passkey_batches(BATCH_TOKENS // TRAIN_LEN, TRAIN_LEN, seed, loss_on="answer"), steps, lr=3e-3,
+                 warmup=min(50, steps), clip=1.0,
+                 seed=seed, device=device, progress=True)
+    acc = passkey_accuracy(model.eval(), TRAIN_LEN, n=eval_samples)["accuracy"]
     meta = {"what": f"base model, {position_encoding}, trained at {TRAIN_LEN}", "steps": steps, "seed": seed,
-            "batch": 32, "seq_len": TRAIN_LEN, "final_loss": hist.losses[-1], "passkey_1x": acc,
+            "batch": BATCH_TOKENS // TRAIN_LEN, "seq_len": TRAIN_LEN, "lr": 3e-3, "final_loss": hist.losses[-1], "passkey_1x": acc,
             "seconds": round(time.perf_counter() - t0, 1), "device": device}
     name = "base.pt" if position_encoding == "rope" else f"base_{position_encoding}.pt"
     save_model(out / name, model.cpu(), meta)
@@ -119,17 +113,18 @@ def train_base(out: Path, steps: int, seed: int, position_encoding: str = "rope"
     return meta
 
 
-def extend_base(out: Path, scaling: str, steps: int, seed: int, device: str = "cpu") -> dict:
+def extend_base(out: Path, scaling: str, steps: int, seed: int, device: str = "cpu", eval_samples: int = 200) -> dict:
     seq_len = FACTOR * TRAIN_LEN
     base = load_model(out / "base.pt")
     cfg = with_positions(base.cfg, seq_len, scaling, scale=None if scaling == "none" else float(FACTOR))
     model = load_model(out / "base.pt", cfg)
     t0 = time.perf_counter()
-    hist = train(model.train(), passkey_batches(8, seq_len, seed), steps, lr=3e-4, warmup=min(20, steps), clip=1.0,
-                 seed=seed, device=device, progress=sys.stderr.isatty())
-    acc = passkey_accuracy(model.eval(), seq_len)["accuracy"]
+    hist = train(model.train(), passkey_batches(BATCH_TOKENS // seq_len, seq_len, seed, loss_on="answer"), steps,
+                 lr=1e-3, warmup=min(20, steps), clip=1.0,
+                 seed=seed, device=device, progress=True)
+    acc = passkey_accuracy(model.eval(), seq_len, n=eval_samples)["accuracy"]
     meta = {"what": f"base model fine-tuned at {seq_len} with rope_scaling={scaling!r}", "steps": steps,
-            "seed": seed, "batch": 8, "seq_len": seq_len, "rope_scale": cfg.rope_scale,
+            "seed": seed, "batch": BATCH_TOKENS // seq_len, "lr": 1e-3, "seq_len": seq_len, "rope_scale": cfg.rope_scale,
             "final_loss": hist.losses[-1], f"passkey_{FACTOR}x": acc,
             "seconds": round(time.perf_counter() - t0, 1), "device": device}
     save_model(out / f"finetuned_{scaling}.pt", model.cpu(), meta)
@@ -142,23 +137,29 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m ctxlab.extend", description=__doc__.splitlines()[0])
     p.add_argument("stage", choices=["train", "extend", "all"])
     p.add_argument("--out", type=Path, default=CHECKPOINT_DIR)
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 1500 train, 200 extend)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 1200 train, 150 extend)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--eval-samples", type=int, default=200, help="passkey samples for the check after each run")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python -m ctxlab.extend " + " ".join(sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()
     if args.stage in ("train", "all"):
         for enc in ("rope", "alibi"):
             _log(f"training the {enc} base model at {TRAIN_LEN} tokens ...")
-            train_base(args.out, args.steps or 1500, args.seed, enc, args.device)
+            train_base(args.out, args.steps or 1200, args.seed, enc, args.device, args.eval_samples)
     if args.stage in ("extend", "all"):
         for scaling in FINETUNES:
             _log(f"fine-tuning at {FACTOR * TRAIN_LEN} tokens with rope_scaling={scaling!r} ...")
-            extend_base(args.out, scaling, args.steps or 200, args.seed + 1, args.device)
+            extend_base(args.out, scaling, args.steps or 150, args.seed + 1, args.device, args.eval_samples)
     runs = args.out / "runs.json"
     log = json.loads(runs.read_text()) if runs.exists() else []
     log.append({"command": command, "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1),

@@ -103,6 +103,18 @@ def ring_schedule_figure(world_size: int, causal: bool = True, zigzag: bool = Tr
         ring_step_axes(ax, grid, step, world_size)
     fig.suptitle(f"{'causal' if causal else 'non-causal'} ring, {'zig-zag' if zigzag else 'plain'} sharding, "
                  f"P={world_size}: number = rank computing the block", fontsize=9)
+def frequency_figure(inv_freq_by_name: dict[str, "np.ndarray"], original, title: str = ""):
+    """Each scaling's inverse frequencies per channel pair, divided by the original ones (log scale)."""
+    original = np.asarray(original, dtype=float)
+    fig, ax = plt.subplots(figsize=(5.5, 3))
+    for i, (name, inv) in enumerate(inv_freq_by_name.items()):
+        ax.plot(np.arange(len(original)), np.asarray(inv, dtype=float) / original, "o-", label=name, color=f"C{i}")
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("channel pair i (fast -> slow)")
+    ax.set_ylabel("theta'_i / theta_i")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -182,3 +194,22 @@ def loss_and_grad_norm_curves(axes, runs: Sequence[tuple[str, dict]], best_loss:
         ax.legend(fontsize=8)
     if max_loss is not None:
         ax1.set_ylim(top=max_loss)
+def accuracy_heatmaps(grids: dict[str, "np.ndarray"], lengths: Sequence[int], depths: Sequence[float],
+                      ncols: int = 3):
+    """One heatmap (rows: depth of the key, columns: context length) of passkey accuracy per method."""
+    n = len(grids)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False)
+    for ax, (name, grid) in zip(axes.flat, grids.items()):
+        ax.imshow(np.asarray(grid), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="upper")
+        for (r, c), v in np.ndenumerate(np.asarray(grid)):
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+        ax.set_xticks(range(len(lengths)), [str(t) for t in lengths], fontsize=7)
+        ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths], fontsize=7)
+        ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.supxlabel("context length (tokens)")
+    fig.supylabel("depth of the key")
+    fig.tight_layout()
+    return fig

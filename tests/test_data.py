@@ -17,7 +17,7 @@ def test_key_is_at_the_stated_depth(seq_len):
         assert b.tokens[i, -6] == MARK
         assert abs(float(b.depth[i]) - depths[i]) <= 4 / (seq_len - 12) + 1e-9
         # the key's digits appear nowhere else
-        digits = (b.tokens[i] < N_DIGITS).nonzero().flatten().tolist()
+        digits = (b.tokens[i] < MARK).nonzero().flatten().tolist()
         assert digits == list(range(p + 1, p + 6)) + list(range(seq_len - 5, seq_len))
         torch.testing.assert_close(b.targets[i, b.answer_pos], b.key[i])
         assert torch.all(b.targets[i, p:p + 5] == IGNORE)

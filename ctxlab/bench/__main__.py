@@ -10,6 +10,7 @@ SWEEPS = {
     "ring": "ring attention over P ranks: exactness, per-rank memory and work, bytes sent",
     "pipeline": "GPipe and 1F1B on p ranks: step time, bubble measured vs (p-1)/(m+p-1)",
     "memory": "largest trainable context under a memory budget per technique",
+    "positions": "passkey accuracy and loss by position past the trained length, per RoPE scaling",
 }
 
 
