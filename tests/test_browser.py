@@ -313,7 +313,7 @@ PAGE_FACTS = """(() => {
   const allowed = (el) => el.closest('.tag_raises-exception') !== null;
   const errors = [...document.querySelectorAll('.output.traceback, .output.error')]
       .filter((el) => !allowed(el)).map((el) => text(el).slice(0, 300));
-  const stderr = [...document.querySelectorAll('.output.stderr')]
+  const stderr = [...document.querySelectorAll('.output.stderr')].filter((el) => !allowed(el))
       .map(text).filter((t) => /Traceback|Error|Warning/.test(t)).map((t) => t.slice(0, 300));
   const body = text(document.body);
   return {
