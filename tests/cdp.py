@@ -76,7 +76,7 @@ class Browser:
                         self._replies[msg["id"]] = msg
                         self._cond.notify_all()
                 else:
-                    for handler in self._handlers.get(msg.get("method", ""), []):
+                    for handler in list(self._handlers.get(msg.get("method", ""), [])):
                         handler(msg.get("params", {}), msg.get("sessionId"))
         with self._cond:
             self.closed = True
@@ -110,6 +110,9 @@ class Browser:
 
     def on(self, event: str, handler: Callable[[dict, str | None], None]) -> None:
         self._handlers.setdefault(event, []).append(handler)
+
+    def off(self, event: str, handler: Callable[[dict, str | None], None]) -> None:
+        self._handlers[event].remove(handler)
 
     def close(self) -> None:
         try:
@@ -157,7 +160,7 @@ class Page:
             if not loaded.wait(timeout):
                 raise CDPError(f"navigate {url}: no load event in {timeout} s")
         finally:
-            self.browser._handlers["Page.loadEventFired"].remove(on_load)
+            self.browser.off("Page.loadEventFired", on_load)
 
     def evaluate(self, expression: str, timeout: float | None = None) -> Any:
         """The value of a JavaScript expression (promises awaited); raise on a thrown exception."""

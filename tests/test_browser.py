@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import functools
-import html.parser
 import json
-import mimetypes
 import os
 import re
 import subprocess
@@ -27,30 +25,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdp import Browser, CDPError, Page, find_chromium
+from bookpages import NPM, Tab, broken_internal_links, click, visible_link
+from cdp import Browser, CDPError, find_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
-NPM = ROOT / ".browser" / "npm"
 ARTIFACTS = ROOT / "artifacts" / "browser"
-CDN = "https://cdn.jsdelivr.net/npm/"
 IN_CI = os.environ.get("CI", "").lower() == "true"
-
-# Console errors that come from the book's toolchain, not from the book, each with why it is harmless.
-# Anything else the browser reports as an error fails the test.
-KNOWN_NOISE = [
-    (r"Identifier 'THEBE_JS_URL' has already been declared",
-     "jupyter-book 1 emits sphinx-thebe's configuration script twice; thebe is not used"),
-    (r"reading 'Queue'",
-     "html-manager 1.0 typesets widget labels with the MathJax 2 API (MathJax.Hub.Queue) while the page "
-     "runs MathJax 3; the label text is set before that call"),
-    (r"@jupyter-widgets/html-manager/dist/[0-9a-f]{20}\.(woff2?|ttf|eot|svg)",
-     "html-manager resolves its Font Awesome files against the page instead of the CDN; the book's widgets "
-     "show no icons"),
-    (r"/favicon\.ico", "the browser asks for /favicon.ico; the book has none"),
-    (r"Got invalid theme mode", "pydata-sphinx-theme's message on a first visit with no stored theme"),
-]
-
 
 def toc_pages() -> list[str]:
     """Every document of _toc.yml (root, chapters, parts, sections), in reading order."""
@@ -150,94 +131,6 @@ def browser(tmp_path_factory):
     chromium.close()
 
 
-# -- one tab that answers CDN requests from .browser/ and records every problem -------------------
-
-def _package_file(url: str) -> tuple[Path | None, str]:
-    """The local file for a jsDelivr npm URL, or None and why not."""
-    rest = urllib.parse.urlsplit(url).path.removeprefix("/npm/")
-    parts = rest.split("/")
-    n = 2 if parts[0].startswith("@") else 1
-    spec, path = "/".join(parts[:n]), "/".join(parts[n:])
-    name, _, wanted = spec.rpartition("@")
-    meta = NPM / name / "package.json"
-    if not name or not meta.exists():
-        return None, f"{spec} is not under .browser/ (add it to BROWSER_JS in the Makefile)"
-    have = json.loads(meta.read_text())["version"]
-    if have != wanted and not have.startswith(wanted + "."):
-        return None, f"the page asks for {spec}, .browser/ has {name}@{have} (run make browserdeps)"
-    file = NPM / name / path
-    return (file, "") if file.is_file() else (None, f"{path} is not in the npm package {name}@{have}")
-
-
-class Tab:
-    """A fresh tab per page, so nothing of the previous page leaks into the checks."""
-
-    def __init__(self, browser: Browser, base: str):
-        self.browser, self.base = browser, base
-        self.errors: list[str] = []      # exceptions, console errors, failed loads
-        self.offline: list[str] = []     # requests that would have left the machine
-        self.page = Page(browser)
-        self.session = self.page.session
-        for event, handler in (("Fetch.requestPaused", self._on_request),
-                               ("Runtime.exceptionThrown", self._on_exception),
-                               ("Runtime.consoleAPICalled", self._on_console),
-                               ("Log.entryAdded", self._on_log)):
-            browser.on(event, handler)
-        self.page.call("Log.enable")
-        self.page.call("Fetch.enable", {"patterns": [{"urlPattern": "*"}]})
-
-    def _mine(self, session: str | None) -> bool:
-        return session == self.session
-
-    def _on_request(self, params: dict, session: str | None) -> None:
-        if not self._mine(session):
-            return
-        url, rid = params["request"]["url"], params["requestId"]
-        if url.startswith(self.base):
-            self.browser.send("Fetch.continueRequest", {"requestId": rid}, session)
-            return
-        if url.startswith(CDN):
-            file, why = _package_file(url)
-            if file is not None:
-                kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-                headers = [{"name": "Content-Type", "value": kind},
-                           {"name": "Access-Control-Allow-Origin", "value": "*"}]
-                self.browser.send("Fetch.fulfillRequest", {
-                    "requestId": rid, "responseCode": 200, "responseHeaders": headers,
-                    "body": base64.b64encode(file.read_bytes()).decode()}, session)
-                return
-            self.offline.append(f"{url}: {why}")
-        else:
-            self.offline.append(url)
-        self.browser.send("Fetch.failRequest", {"requestId": rid, "errorReason": "BlockedByClient"}, session)
-
-    def _on_exception(self, params: dict, session: str | None) -> None:
-        if self._mine(session):
-            details = params["exceptionDetails"]
-            self.errors.append("exception: " + (details.get("exception", {}).get("description") or details["text"]))
-
-    def _on_console(self, params: dict, session: str | None) -> None:
-        if self._mine(session) and params["type"] == "error":
-            args = " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
-            self.errors.append(f"console.error: {args}")
-
-    def _on_log(self, params: dict, session: str | None) -> None:
-        entry = params["entry"]
-        if self._mine(session) and entry["level"] == "error" and "ERR_BLOCKED_BY_CLIENT" not in entry["text"]:
-            self.errors.append(f"{entry['text']} ({entry.get('url', '')})")
-
-    def unexplained_errors(self) -> list[str]:
-        return [e for e in self.errors if not any(re.search(rx, e) for rx, _ in KNOWN_NOISE)]
-
-    def close(self) -> None:
-        for event, handler in (("Fetch.requestPaused", self._on_request),
-                               ("Runtime.exceptionThrown", self._on_exception),
-                               ("Runtime.consoleAPICalled", self._on_console),
-                               ("Log.entryAdded", self._on_log)):
-            self.browser._handlers[event].remove(handler)
-        self.page.close()
-
-
 @pytest.fixture
 def tab(browser: Browser, server: str):
     t = Tab(browser, server)
@@ -263,44 +156,6 @@ def open_page(tab: Tab, page: str) -> None:
 
 # -- checks -----------------------------------------------------------------------------------------
 
-class _Anchors(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: set[str] = set()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        for key, value in attrs:
-            if key in ("id", "name") and value:
-                self.names.add(value)
-
-
-@functools.lru_cache(maxsize=None)
-def anchors_of(file: Path) -> frozenset[str]:
-    parser = _Anchors()
-    parser.feed(file.read_text(errors="replace"))
-    return frozenset(parser.names)
-
-
-def broken_internal_links(hrefs: list[str], base: str) -> list[str]:
-    """Links into the site whose file or #anchor does not exist in _build/html."""
-    broken = []
-    for href in sorted(set(hrefs)):
-        if not href.startswith(base):
-            continue
-        parts = urllib.parse.urlsplit(href)
-        rel = urllib.parse.unquote(parts.path)[1:]
-        file = HTML / rel
-        if rel == "" or rel.endswith("/"):
-            file = file / "index.html"
-        if not file.is_file():
-            broken.append(f"{href}: no file {file.relative_to(HTML)}")
-            continue
-        fragment = urllib.parse.unquote(parts.fragment)
-        if fragment and file.suffix == ".html" and fragment not in anchors_of(file):
-            broken.append(f"{href}: no anchor #{fragment} in {file.relative_to(HTML)}")
-    return broken
-
-
 def colab_expected(page: str) -> str:
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     repo = urllib.parse.urlsplit(config["repository"]["url"]).path.strip("/").removesuffix(".git")
@@ -313,7 +168,7 @@ PAGE_FACTS = """(() => {
   const allowed = (el) => el.closest('.tag_raises-exception') !== null;
   const errors = [...document.querySelectorAll('.output.traceback, .output.error')]
       .filter((el) => !allowed(el)).map((el) => text(el).slice(0, 300));
-  const stderr = [...document.querySelectorAll('.output.stderr')]
+  const stderr = [...document.querySelectorAll('.output.stderr')].filter((el) => !allowed(el))
       .map(text).filter((t) => /Traceback|Error|Warning/.test(t)).map((t) => t.slice(0, 300));
   const body = text(document.body);
   return {
@@ -343,22 +198,6 @@ IMAGES = """(async () => {
 })()"""
 
 
-def click(tab: Tab, selector: str) -> None:
-    box = tab.page.evaluate(f"""(() => {{ const el = document.querySelector({json.dumps(selector)});
-        el.scrollIntoView({{block: 'center', behavior: 'instant'}}); const r = el.getBoundingClientRect();
-        return [r.x + r.width / 2, r.y + r.height / 2]; }})()""")
-    for kind in ("mousePressed", "mouseReleased"):
-        tab.page.call("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left",
-                                                   "buttons": 1 if kind == "mousePressed" else 0,
-                                                   "clickCount": 1})
-
-
-def visible_link(tab: Tab, selector: str) -> bool:
-    return bool(tab.page.evaluate(f"""(() => {{ const a = document.querySelector({json.dumps(selector)});
-        if (!a) return false; const r = a.getBoundingClientRect();
-        return r.width > 0 && r.height > 0 && getComputedStyle(a).visibility !== 'hidden'; }})()"""))
-
-
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders_cleanly_in_a_browser(tab: Tab, page: str):
     started = time.monotonic()
@@ -381,7 +220,7 @@ def test_page_renders_cleanly_in_a_browser(tab: Tab, page: str):
     if facts["math_unrendered"] or facts["math_errors"]:
         problems.append(f"math: {facts['math_unrendered']} of {facts['math']} not typeset, "
                         f"{facts['math_errors']} TeX errors")
-    problems += [f"broken link {b}" for b in broken_internal_links(facts["links"], tab.base)]
+    problems += [f"broken link {b}" for b in broken_internal_links(facts["links"], tab.base, HTML)]
 
     source = source_of(page)
     if source.suffix == ".ipynb":
@@ -442,28 +281,34 @@ def test_notebooks_with_a_slider_embed_it_in_their_page(built_book: Path):
 
 SLIDERS = """[...document.querySelectorAll('.widget-slider')].map((s, i) => {
   s.dataset.testIndex = i;
-  const box = s.closest('.widget-vbox');
-  const stack = box && [...box.children].find((c) => !c.contains(s));
-  return {index: i, has_stack: !!stack};
+  return {index: i, in_widget: s.closest('.widget-subarea') !== null};
 })"""
 
+# What a slider's widget shows apart from its controls: the visible images and text of the views.
 SHOWN = """((i) => {
   const s = document.querySelector(`.widget-slider[data-test-index="${i}"]`);
-  const box = s.closest('.widget-vbox');
-  const stack = [...box.children].find((c) => !c.contains(s));
-  stack.scrollIntoView({block: 'center', behavior: 'instant'});
-  const r = stack.getBoundingClientRect();
+  const area = s.closest('.widget-subarea');
+  const controls = '.widget-slider, .widget-dropdown, .widget-readout, .widget-label, select';
+  const shown = (el) => !el.closest(controls) && el.getClientRects().length > 0;
+  const imgs = [...area.querySelectorAll('img')].filter(shown);
+  const texts = [...area.querySelectorAll('*')].filter((el) => el.children.length === 0 && shown(el))
+      .map((el) => el.textContent.trim()).filter(Boolean);
+  const target = imgs.length ? imgs : [area];
+  target[0].scrollIntoView({block: 'center', behavior: 'instant'});
+  const rects = target.map((el) => el.getBoundingClientRect());
+  const x0 = Math.min(...rects.map((r) => r.left)), y0 = Math.min(...rects.map((r) => r.top));
+  const x1 = Math.max(...rects.map((r) => r.right)), y1 = Math.max(...rects.map((r) => r.bottom));
   const select = s.parentElement.querySelector('select');
   return {
-    shown: [...stack.querySelectorAll('img')].map((img) => img.src).join(' ') + '|' + stack.innerText,
-    images_ok: [...stack.querySelectorAll('img')].every((img) => img.complete && img.naturalWidth > 0),
+    shown: imgs.map((img) => img.src).join(' ') + '|' + texts.join(' '),
+    images: imgs.length,
+    images_ok: imgs.every((img) => img.complete && img.naturalWidth > 0),
     value: s.querySelector('[role="slider"]').getAttribute('aria-valuenow'),
     max: s.querySelector('[role="slider"]').getAttribute('aria-valuemax'),
     readout: select ? select.selectedIndex : null,
-    clip: {x: r.x + window.scrollX, y: r.y + window.scrollY, width: r.width, height: r.height, scale: 1},
+    clip: {x: x0 + window.scrollX, y: y0 + window.scrollY, width: x1 - x0, height: y1 - y0, scale: 1},
   };
 })"""
-
 
 HANDLE = """((i) => {
   const s = document.querySelector(`.widget-slider[data-test-index="${i}"]`);
@@ -492,7 +337,7 @@ def test_moving_a_slider_changes_what_is_shown(tab: Tab, page: str):
     sliders = tab.page.evaluate(SLIDERS)
     assert sliders, f"{page}: the notebook stores a slider but the page renders none"
     for slider in sliders:
-        assert slider["has_stack"], f"{page}: slider {slider['index']} is not inside a slider-and-views box"
+        assert slider["in_widget"], f"{page}: slider {slider['index']} is not inside a rendered widget"
         i = slider["index"]
         before = tab.page.evaluate(f"{SHOWN}({i})")
         picture_before = tab.page.call("Page.captureScreenshot", {"format": "png", "clip": before["clip"],
@@ -513,7 +358,8 @@ def test_moving_a_slider_changes_what_is_shown(tab: Tab, page: str):
         assert float(after["value"]) == float(after["max"]) != float(before["value"]), \
             f"{page}: slider {i} did not move to its end ({before['value']} -> {after['value']} of {after['max']})"
         assert after["shown"] != before["shown"], f"{page}: slider {i} moved but the view did not change"
-        assert picture_after != picture_before, f"{page}: slider {i} moved but the picture stayed the same"
+        if after["images"]:
+            assert picture_after != picture_before, f"{page}: slider {i} moved but the picture stayed the same"
         assert after["images_ok"], f"{page}: the view shown at the slider's end has an image that did not load"
         if after["readout"] is not None:
             assert after["readout"] == float(after["value"]), f"{page}: the readout does not follow slider {i}"
