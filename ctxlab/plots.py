@@ -103,6 +103,10 @@ def ring_schedule_figure(world_size: int, causal: bool = True, zigzag: bool = Tr
         ring_step_axes(ax, grid, step, world_size)
     fig.suptitle(f"{'causal' if causal else 'non-causal'} ring, {'zig-zag' if zigzag else 'plain'} sharding, "
                  f"P={world_size}: number = rank computing the block", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def frequency_figure(inv_freq_by_name: dict[str, "np.ndarray"], original, title: str = ""):
     """Each scaling's inverse frequencies per channel pair, divided by the original ones (log scale)."""
     original = np.asarray(original, dtype=float)
