@@ -150,6 +150,9 @@ class RotaryEmbedding(nn.Module):
         self.max_positions = max_positions(scaling, scale, self.original_len)
 
     def forward(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        if self.max_positions is None and self.scaling != "dynamic_ntk":
+            return rope_cos_sin(positions, self.inv_freq, self.attention_factor, dtype)
+        # reading the largest position syncs with the device, so it is done only when a limit applies
         n = int(positions.max()) + 1 if positions.numel() else 0
         if self.max_positions is not None and n > self.max_positions:
             raise ValueError(f"position {n - 1} is beyond the scaled maximum {self.max_positions} "
