@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ctxlab.bench pipeline", description=__doc__)
     parser.add_argument("--stages", type=int, default=2)
     parser.add_argument("--microbatches", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=4, help="steps per schedule; the first is a warm-up")
+    parser.add_argument("--steps", type=int, default=6, help="steps per schedule; the first is a warm-up")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--micro-batch", type=int, default=2, help="sequences per micro-batch")
     args = parser.parse_args(argv)
