@@ -19,8 +19,8 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def median_ms(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: torch.device | str = "cpu") -> float:
-    """Median wall time of ``fn`` in milliseconds, after ``warmup`` untimed calls."""
+def times_ms(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: torch.device | str = "cpu") -> list[float]:
+    """Wall times of ``repeats`` calls of ``fn`` in milliseconds, after ``warmup`` untimed calls."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     for _ in range(warmup):
@@ -32,7 +32,12 @@ def median_ms(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: 
         fn()
         synchronize(device)
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def median_ms(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: torch.device | str = "cpu") -> float:
+    """Median wall time of ``fn`` in milliseconds: the figure a table reports."""
+    return statistics.median(times_ms(fn, repeats, warmup, device))
 
 
 def run_point(measure: Callable[[], dict], **labels: Any) -> dict:
