@@ -44,8 +44,12 @@ class LiveStorageTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # an output that shares storage with an input is a view or an in-place result, not an allocation
+        # (counting it would charge a view of a parameter, e.g. a weight's transpose, as new memory)
+        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
         for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and (t.device.type == "meta" or id(t.untyped_storage()) not in inputs):
                 self._track(t)
         return out
 

@@ -47,3 +47,10 @@ def test_bad_arguments():
         measure_peak(3)
     with pytest.raises(ValueError, match="device"):
         measure_peak(lambda: None, "mps")
+
+
+def test_views_of_existing_tensors_are_not_allocations():
+    weight = torch.randn(1000, 1000)
+    x = torch.randn(10, 1000)
+    peak = measure_peak(lambda: torch.nn.functional.linear(x, weight), "cpu")  # linear views weight.t()
+    assert peak < 100_000
