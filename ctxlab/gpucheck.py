@@ -20,6 +20,7 @@ import torch
 
 from .bench import median_ms, run_point
 from .bench.attention import attention_point
+from .gpucheck_parallel import parallel_checks
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "device", "torch", "cuda", "date", "dry_run", "sections")
@@ -145,6 +146,7 @@ def sections(dry_run: bool, device: str) -> dict[str, Callable[[], object]]:
         "max_context_125m": lambda: largest_context(big, device, dtype, start, limit, cap),
         "throughput_125m": lambda: step_throughput(big, 128 if dry_run else 16384, device, dtype,
                                                    peak.get("tflops")),
+        "parallel": lambda: parallel_checks(device),
     }
 
 
