@@ -150,7 +150,9 @@ class RotaryEmbedding(nn.Module):
         self.max_positions = max_positions(scaling, scale, self.original_len)
 
     def forward(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-        n = int(positions.max()) + 1 if positions.numel() else 0
+        # reading the largest position is a host sync (and impossible under FakeTensorMode): only when needed
+        needs_n = self.max_positions is not None or self.scaling == "dynamic_ntk"
+        n = int(positions.max()) + 1 if needs_n and positions.numel() else 0
         if self.max_positions is not None and n > self.max_positions:
             raise ValueError(f"position {n - 1} is beyond the scaled maximum {self.max_positions} "
                              f"(scale {self.scale} x original_len {self.original_len}) for {self.scaling!r}")
