@@ -51,3 +51,41 @@ def model_flops_utilisation(tokens_per_second: float, flops_per_token: float, pe
     if peak_flops_per_second <= 0:
         raise ValueError(f"peak_flops_per_second must be positive, got {peak_flops_per_second}")
     return tokens_per_second * flops_per_token / peak_flops_per_second
+
+
+def _check_positive_ints(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def attention_intensity(seq_len: int, head_dim: int, bytes_per_element: int = 2, fused: bool = True) -> float:
+    """FLOPs per byte of one head's attention forward (no mask skipping), the roofline's x-axis.
+
+    4 T^2 d_h FLOPs (q.k and the weighted sum of v). A fused kernel moves q, k, v and the output,
+    4 T d_h elements, so its intensity grows like T. A naive one also writes and reads the T x T
+    scores and probabilities, 4 T^2 elements, so its intensity stops at d_h / bytes: memory-bound.
+    """
+    _check_positive_ints(seq_len=seq_len, head_dim=head_dim, bytes_per_element=bytes_per_element)
+    flops = 4 * seq_len**2 * head_dim
+    elements = 4 * seq_len * head_dim + (0 if fused else 4 * seq_len**2)
+    return flops / (elements * bytes_per_element)
+
+
+def mlp_intensity(tokens: int, d_model: int, mlp_ratio: int = 4, bytes_per_element: int = 2) -> float:
+    """FLOPs per byte of the MLP forward over ``tokens`` rows: 4 n d f FLOPs over both weight matrices
+    (2 d f) plus each matmul's input and output (2 n d + 2 n f). Grows like n, then levels off near
+    2 d f / (d + f) / bytes once the weights are read once for many tokens."""
+    _check_positive_ints(tokens=tokens, d_model=d_model, mlp_ratio=mlp_ratio, bytes_per_element=bytes_per_element)
+    ff = mlp_ratio * d_model
+    flops = 4 * tokens * d_model * ff
+    elements = 2 * d_model * ff + 2 * tokens * d_model + 2 * tokens * ff
+    return flops / (elements * bytes_per_element)
+
+
+def roofline_rate(intensity: float, peak_flops_per_second: float, bytes_per_second: float) -> float:
+    """Attainable FLOP/s at an intensity: min(peak, intensity x bandwidth) (Williams et al. 2009)."""
+    if intensity <= 0 or peak_flops_per_second <= 0 or bytes_per_second <= 0:
+        raise ValueError("intensity, peak_flops_per_second and bytes_per_second must be positive, got "
+                         f"{intensity}, {peak_flops_per_second} and {bytes_per_second}")
+    return min(peak_flops_per_second, intensity * bytes_per_second)

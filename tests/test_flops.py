@@ -31,3 +31,22 @@ def test_causal_skip_halves_attention_and_bad_inputs():
     with pytest.raises(ValueError, match="peak"):
         model_flops_utilisation(1.0, 1.0, 0.0)
     assert model_flops_utilisation(1000.0, 1e9, 1e13) == pytest.approx(0.1)
+
+
+def test_arithmetic_intensity_limits_and_roofline():
+    from ctxlab.flops import attention_intensity, mlp_intensity, roofline_rate
+    # fused attention: T / bytes exactly; naive levels off below head_dim / bytes
+    assert attention_intensity(4096, 64, 2) == pytest.approx(4096 / 2)
+    assert attention_intensity(1 << 16, 64, 2, fused=False) < 64 / 2
+    assert attention_intensity(1 << 16, 64, 2, fused=False) > 0.99 * 64 / 2
+    assert attention_intensity(256, 64, 2, fused=False) < attention_intensity(256, 64, 2)
+    # the MLP: about 2 n / bytes for few tokens, 2 d f / (d + f) / bytes for many
+    assert mlp_intensity(1, 1024, 4, 2) == pytest.approx(1.0, rel=0.01)
+    assert mlp_intensity(10**8, 1024, 4, 2) == pytest.approx(2 * 1024 * 4096 / (1024 + 4096) / 2, rel=1e-3)
+    assert roofline_rate(10.0, 1e15, 1e12) == 1e13 and roofline_rate(1e4, 1e15, 1e12) == 1e15
+    with pytest.raises(ValueError, match="seq_len"):
+        attention_intensity(0, 64)
+    with pytest.raises(ValueError, match="d_model"):
+        mlp_intensity(8, 2.5)
+    with pytest.raises(ValueError, match="bytes_per_second"):
+        roofline_rate(1.0, 1e12, 0)
