@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .config import ModelConfig, reference_config
+from .flops import matmul_params, training_flops_per_token
 from .kvcache import kv_cache_bytes_per_token
 from .memory_model import apply_techniques, count_params, predict_step_memory
 
@@ -163,6 +164,21 @@ def plan_context(model: str | ModelConfig = "125M", memory_gib: float = 80, prec
                        train_context=lo * ranks, train_breakdown=train_breakdown, kv_tokens=kv_local * ranks,
                        kv_bytes_per_token=kv_cache_bytes_per_token(cfg, prec["weights"]),
                        inference_breakdown=inference)
+
+
+def prefill_flops(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward FLOPs of reading ``seq_len`` tokens: a third of training's 6N + 12LdT per token, causal half."""
+    return seq_len * training_flops_per_token(cfg, seq_len, causal_skip=True) / 3
+
+
+def decode_bytes_per_token(cfg: ModelConfig, seq_len: int, bytes_per_element: int = 2) -> int:
+    """Bytes one generated token reads at context ``seq_len``: every matmul weight, then the whole KV cache.
+
+    Decoding one token at a time is bound by memory bandwidth, so this ratio is its latency ratio.
+    """
+    if not isinstance(seq_len, int) or seq_len < 0:
+        raise ValueError(f"seq_len must be an int >= 0, got {seq_len!r}")
+    return (matmul_params(cfg) + seq_len * kv_cache_bytes_per_token(cfg, 1)) * bytes_per_element
 
 
 # the techniques of chapters 2, 5 and 4, added one at a time, as plan_context keywords

@@ -30,6 +30,14 @@ def image_views(pngs: Sequence[bytes]) -> list[widgets.Image]:
     return [widgets.Image(value=png, format="png") for png in pngs]
 
 
+def html_views(htmls: Sequence[str]) -> list[widgets.HTML]:
+    """HTML widgets sharing one layout and one style, so many views add one model each to the page."""
+    if not htmls:
+        return []
+    first = widgets.HTML(value=htmls[0])
+    return [first] + [widgets.HTML(value=html, layout=first.layout, style=first.style) for html in htmls[1:]]
+
+
 def precomputed_choices(axes: Sequence[tuple[str, Sequence[object]]], views: Sequence[widgets.Widget],
                         slider_axis: int | None = None) -> widgets.VBox:
     """One control per axis over the views of every combination, switched in the browser.

@@ -126,3 +126,25 @@ def test_precomputed_choices_links_every_stack():
         precomputed_choices([("a", "xy")], views)
     with pytest.raises(ValueError, match="slider_axis"):
         precomputed_choices([("a", "xy")], views[:2], slider_axis=3)
+
+
+def test_prefill_and_decode_costs_grow_with_the_context():
+    from ctxlab.flops import matmul_params
+    from ctxlab.planner import decode_bytes_per_token, prefill_flops
+
+    cfg = PRESETS["7B"]
+    n = matmul_params(cfg)
+    assert prefill_flops(cfg, 1000) == pytest.approx(1000 * (2 * n + 2 * 32 * 4096 * 1000))
+    assert prefill_flops(cfg, 128_000) > 32 * prefill_flops(cfg, 4000)  # superlinear
+    assert decode_bytes_per_token(cfg, 0) == 2 * n
+    assert decode_bytes_per_token(cfg, 10) - decode_bytes_per_token(cfg, 0) == 10 * kv_cache_bytes_per_token(cfg, 2)
+    with pytest.raises(ValueError, match="seq_len"):
+        decode_bytes_per_token(cfg, -1)
+
+
+def test_html_views_share_one_layout_and_style():
+    from ctxlab.widgets import html_views
+
+    views = html_views(["<b>a</b>", "<b>b</b>"])
+    assert [v.value for v in views] == ["<b>a</b>", "<b>b</b>"]
+    assert views[0].layout is views[1].layout and views[0].style is views[1].style
