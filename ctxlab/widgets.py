@@ -68,19 +68,20 @@ def precomputed_choices(axes: Sequence[tuple[str, Sequence[object]]], views: Seq
         return stack
 
     root = nest(0, list(views))
-    rows = []
-    dropdowns = []
+    dropdowns, slider_row = [], None
     for level, (name, labels) in enumerate(axes):
         dropdown = widgets.Dropdown(options=[(str(lab), i) for i, lab in enumerate(labels)], value=0,
                                     description="" if level == slider_axis else name)
         for stack in levels[level]:
             widgets.jslink((dropdown, "index"), (stack, "selected_index"))
-        if level == slider_axis:
-            slider = widgets.IntSlider(value=0, min=0, max=sizes[level] - 1, description=name, readout=False)
-            widgets.jslink((slider, "value"), (dropdown, "index"))
-            for stack in levels[level]:
-                widgets.jslink((slider, "value"), (stack, "selected_index"))
-            rows.append(widgets.HBox([slider, dropdown]))
-        else:
+        if level != slider_axis:
             dropdowns.append(dropdown)
-    return widgets.VBox([widgets.HBox(dropdowns)] + rows + [root])
+            continue
+        slider = widgets.IntSlider(value=0, min=0, max=sizes[level] - 1, description=name, readout=False)
+        widgets.jslink((slider, "value"), (dropdown, "index"))
+        for stack in levels[level]:
+            widgets.jslink((slider, "value"), (stack, "selected_index"))
+        slider_row = widgets.HBox([slider, dropdown])
+    # the slider sits in a box with the views alone, as in precomputed_slider; the dropdowns above it
+    views_box = widgets.VBox([root] if slider_row is None else [slider_row, root])
+    return widgets.VBox([widgets.HBox(dropdowns), views_box])

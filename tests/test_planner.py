@@ -119,7 +119,9 @@ def test_precomputed_choices_links_every_stack():
 
     views = [widgets.HTML(f"{a}{b}{c}") for a in "xy" for b in "123" for c in "pq"]
     box = precomputed_choices([("a", "xy"), ("b", "123"), ("c", "pq")], views, slider_axis=1)
-    root = box.children[-1]
+    dropdowns, (slider_row, root) = box.children[0], box.children[1].children
+    assert [d.description for d in dropdowns.children] == ["a", "c"]
+    assert isinstance(slider_row.children[0], widgets.IntSlider) and slider_row.children[0].max == 2
     assert isinstance(root, widgets.Stack) and len(root.children) == 2
     assert root.children[1].children[2].children[0].value == "y3p"  # row-major, last axis fastest
     with pytest.raises(ValueError, match="one view per combination"):
