@@ -71,7 +71,8 @@ def precomputed_choices(axes: Sequence[tuple[str, Sequence[object]]], views: Seq
     dropdowns, slider_row = [], None
     for level, (name, labels) in enumerate(axes):
         dropdown = widgets.Dropdown(options=[(str(lab), i) for i, lab in enumerate(labels)], value=0,
-                                    description="" if level == slider_axis else name)
+                                    description="" if level == slider_axis else name,
+                                    layout=widgets.Layout(width="120px" if level == slider_axis else "auto"))
         for stack in levels[level]:
             widgets.jslink((dropdown, "index"), (stack, "selected_index"))
         if level != slider_axis:
