@@ -81,8 +81,10 @@ def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_pe
     rows = min(n, cfg.loss_chunk) if cfg.loss_chunk else n
     head_phase = sum(saved) + 2 * n * d * e + 3 * rows * v * e  # final norm in/out; logits, log-softmax, grad
     activations = max(block_phase, head_phase)
+    # "saved_activations" (what the step keeps between forward and backward) is part of "activations",
+    # not added to "total": a pipeline stage keeps it for every micro-batch in flight (ctxlab.planner)
     return {"parameters": params, "gradients": params, "optimizer": 2 * params, "activations": activations,
-            "total": 4 * params + activations}
+            "total": 4 * params + activations, "saved_activations": sum(saved)}
 
 
 def _training_step(cfg: ModelConfig, seq_len: int, batch: int, device: str) -> tuple[int, int]:

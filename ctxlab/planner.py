@@ -1,0 +1,211 @@
+"""The context planner: the largest trainable context and the inference KV-cache budget of a model on a GPU.
+
+Every byte comes from the validated memory model (:func:`~ctxlab.memory_model.predict_step_memory`,
+:func:`~ctxlab.memory_model.count_params`, :func:`~ctxlab.kvcache.kv_cache_bytes_per_token`); this
+file only adapts it to settings that model does not have, and each adaptation is an assumption:
+
+- **precision**: ``"fp32"`` keeps weights, gradients and both AdamW moments in fp32 (4 + 4 + 8 bytes per
+  parameter) and activations in 4 bytes; ``"bf16"`` is mixed precision: bf16 weights and gradients,
+  fp32 master weights and moments (2 + 2 + 4 + 8 = 16 bytes per parameter, as counted by ZeRO,
+  Rajbhandari et al. 2020) and every activation in 2 bytes (in practice a few, such as the logits,
+  are often kept in fp32).
+- **context parallelism** over ``context_ranks`` = P: each rank holds the whole model and T/P tokens
+  of every activation (the memory model at T/P tokens), plus ring attention's transients in the
+  backward pass of one layer (an incoming K/V block, fp32 dK/dV accumulators and the pair in transit,
+  fp32 dQ; see :mod:`ctxlab.parallel.ring`). T is a multiple of P times ``granularity``.
+- **pipeline stages** p: ``n_layers`` split into p equal stages; the planned device is the heaviest
+  one, counted as L/p layers with the embedding and the head. Under 1F1B with at least p micro-batches
+  (one sequence each) the first stage holds the saved activations of p micro-batches at once
+  (Narayanan et al. 2021), so pipelining divides the model states by p, not the activations.
+- **inference**: weights in the training precision plus a KV cache of T tokens; with P ranks the cache
+  is split along the sequence and with p stages along the layers. Decode activations are O(width)
+  per token and are left out.
+- nothing else is counted: no CUDA context, allocator fragmentation, communication buffers or
+  data-parallel/ZeRO sharding. Leave a margin of a few GiB.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import ModelConfig, reference_config
+from .flops import matmul_params, training_flops_per_token
+from .kvcache import kv_cache_bytes_per_token
+from .memory_model import apply_techniques, count_params, predict_step_memory
+
+GIB = 2**30
+
+# model shapes: the book's reference model and three standard ones with a 32000-token vocabulary
+PRESETS: dict[str, ModelConfig] = {
+    "reference": reference_config(),
+    "125M": ModelConfig(vocab_size=32000, d_model=768, n_layers=12, n_heads=12),  # GPT-3 Small's shape
+    "1.3B": ModelConfig(vocab_size=32000, d_model=2048, n_layers=24, n_heads=16),  # GPT-3 XL's shape
+    "7B": ModelConfig(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, tie_weights=False),  # LLaMA-7B's
+}
+
+# bytes per parameter of each model state, and per activation element
+PRECISIONS: dict[str, dict[str, int]] = {
+    "fp32": {"weights": 4, "master weights": 0, "gradients": 4, "optimizer": 8, "activation": 4},
+    "bf16": {"weights": 2, "master weights": 4, "gradients": 2, "optimizer": 8, "activation": 2},
+}
+
+
+def custom_model(layers: int, width: int, heads: int, kv_heads: int | None = None, vocab: int = 32000) -> ModelConfig:
+    """A model shape of your own (ModelConfig checks it: width divisible by heads, kv_heads divides heads)."""
+    return ModelConfig(vocab_size=vocab, d_model=width, n_layers=layers, n_heads=heads, n_kv_heads=kv_heads)
+
+
+@dataclass
+class ContextPlan:
+    """What fits: the largest trainable context and the KV-cache budget, with their memory breakdowns."""
+
+    model: ModelConfig  # the planned shape with its techniques applied (all layers, before the pipeline split)
+    params: int
+    memory_bytes: int
+    precision: str
+    train_context: int  # largest trainable T (0: the model states alone do not fit)
+    train_breakdown: dict[str, int]  # bytes on the heaviest device at train_context
+    kv_tokens: int  # tokens the KV cache can hold at inference, over all P ranks
+    kv_bytes_per_token: int  # for the whole model (all layers)
+    inference_breakdown: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """Two lines a reader can compare: largest trainable T and inference KV budget."""
+        train = (f"largest trainable context {self.train_context:,} tokens" if self.train_context
+                 else "training does not fit: the model states alone exceed the memory")
+        return (f"{self.params / 1e6:,.0f}M params, {self.memory_bytes / GIB:g} GiB, {self.precision}: {train}\n"
+                f"inference KV cache: {self.kv_tokens:,} tokens ({self.kv_bytes_per_token / 2**10:,.1f} KiB per token)")
+
+
+def _positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def resolve_model(model: str | ModelConfig) -> ModelConfig:
+    """A preset name or a ModelConfig."""
+    if isinstance(model, ModelConfig):
+        return model
+    if not isinstance(model, str) or model not in PRESETS:
+        raise ValueError(f"model must be a ModelConfig or one of {tuple(PRESETS)}, got {model!r}")
+    return PRESETS[model]
+
+
+def plan_context(model: str | ModelConfig = "125M", memory_gib: float = 80, precision: str = "bf16", *,
+                 checkpointing: bool = False, efficient_attention: bool = False, chunked_loss: bool = False,
+                 kv_heads: int | None = None, context_ranks: int = 1, pipeline_stages: int = 1,
+                 granularity: int = 64) -> ContextPlan:
+    """The largest trainable context and the inference KV budget of ``model`` on ``memory_gib`` GiB per GPU.
+
+    ``efficient_attention`` uses the chunked (flash-style) backend, otherwise the naive one that stores
+    T x T probabilities; ``checkpointing`` recomputes every block; ``chunked_loss`` computes the loss over
+    1024 tokens at a time; ``kv_heads`` sets grouped-query attention. See the module docstring for
+    what is assumed about precision, context-parallel ranks and pipeline stages.
+    """
+    cfg = resolve_model(model)
+    if not isinstance(memory_gib, (int, float)) or isinstance(memory_gib, bool) or not memory_gib > 0:
+        raise ValueError(f"memory_gib must be a positive number of GiB, got {memory_gib!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    for name, flag in (("checkpointing", checkpointing), ("efficient_attention", efficient_attention),
+                       ("chunked_loss", chunked_loss)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    ranks = _positive_int("context_ranks", context_ranks)
+    stages = _positive_int("pipeline_stages", pipeline_stages)
+    g = _positive_int("granularity", granularity)
+    if cfg.n_layers % stages:
+        raise ValueError(f"pipeline_stages must divide n_layers={cfg.n_layers} (equal stages), got {stages}")
+    if kv_heads is not None:
+        _positive_int("kv_heads", kv_heads)
+        if cfg.n_heads % kv_heads:
+            raise ValueError(f"kv_heads must divide n_heads={cfg.n_heads}, got {kv_heads}")
+        cfg = cfg.replace(n_kv_heads=kv_heads)
+    techniques = ["chunked" if efficient_attention else "naive"]
+    techniques += ["checkpoint"] * checkpointing + ["chunked_loss"] * chunked_loss
+    cfg = apply_techniques(cfg, techniques)
+    stage = cfg.replace(n_layers=cfg.n_layers // stages)
+    budget = int(memory_gib * GIB)
+    prec = PRECISIONS[precision]
+
+    n_stage = count_params(stage)
+    states = {part: n_stage * prec[part] for part in ("weights", "master weights", "gradients", "optimizer")}
+
+    def train_bytes(t_local: int) -> dict[str, int]:
+        """Bytes on the heaviest device when each rank holds t_local tokens."""
+        step = predict_step_memory(stage, t_local, 1, prec["activation"])
+        # 1F1B: the stage also keeps what `stages - 1` other micro-batches saved for their backward
+        activations = step["activations"] + (stages - 1) * step["saved_activations"]
+        if ranks > 1:
+            kv = cfg.n_kv_heads * cfg.head_dim
+            activations += t_local * kv * (2 * prec["activation"] + 4 * 4) + t_local * cfg.d_model * 4
+        parts = dict(states, activations=activations)
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def fits(t_local: int) -> bool:
+        return train_bytes(t_local)["total"] <= budget
+
+    lo = 0
+    if fits(g):  # memory grows with T: double, then bisect on multiples of g
+        lo, hi = g, 2 * g
+        while fits(hi):
+            lo, hi = hi, 2 * hi
+        while hi - lo > g:
+            mid = (lo + hi) // 2 // g * g
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    train_breakdown = train_bytes(lo) if lo else dict(states, activations=0, total=sum(states.values()))
+
+    kv_stage = kv_cache_bytes_per_token(stage, prec["weights"])
+    weights = n_stage * prec["weights"]
+    kv_local = max(0, (budget - weights) // kv_stage)
+    inference = {"weights": weights, "kv cache": kv_local * kv_stage, "total": weights + kv_local * kv_stage}
+    return ContextPlan(model=cfg, params=count_params(cfg), memory_bytes=budget, precision=precision,
+                       train_context=lo * ranks, train_breakdown=train_breakdown, kv_tokens=kv_local * ranks,
+                       kv_bytes_per_token=kv_cache_bytes_per_token(cfg, prec["weights"]),
+                       inference_breakdown=inference)
+
+
+def prefill_flops(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward FLOPs of reading ``seq_len`` tokens: a third of training's 6N + 12LdT per token, causal half."""
+    return seq_len * training_flops_per_token(cfg, seq_len, causal_skip=True) / 3
+
+
+def decode_bytes_per_token(cfg: ModelConfig, seq_len: int, bytes_per_element: int = 2) -> int:
+    """Bytes one generated token reads at context ``seq_len``: every matmul weight, then the whole KV cache.
+
+    Decoding one token at a time is bound by memory bandwidth, so this ratio is its latency ratio.
+    """
+    if not isinstance(seq_len, int) or seq_len < 0:
+        raise ValueError(f"seq_len must be an int >= 0, got {seq_len!r}")
+    return (matmul_params(cfg) + seq_len * kv_cache_bytes_per_token(cfg, 1)) * bytes_per_element
+
+
+# the techniques of chapters 2, 5 and 4, added one at a time, as plan_context keywords
+def technique_ladder(cfg: ModelConfig, context_ranks: int = 8, pipeline_stages: int = 4) -> list[tuple[str, dict]]:
+    """Cumulative settings: none, + checkpointing, + efficient attention, + chunked loss, + GQA, + CP, + pipeline."""
+    steps = [("none", {}), ("+ checkpointing", dict(checkpointing=True)),
+             ("+ efficient attention", dict(efficient_attention=True)), ("+ chunked loss", dict(chunked_loss=True)),
+             (f"+ GQA ({max(1, cfg.n_heads // 4)} kv heads)", dict(kv_heads=max(1, cfg.n_heads // 4))),
+             (f"+ context parallel P={context_ranks}", dict(context_ranks=context_ranks)),
+             (f"+ pipeline p={pipeline_stages}", dict(pipeline_stages=pipeline_stages))]
+    ladder, settings = [], {}
+    for name, change in steps:
+        settings = {**settings, **change}
+        ladder.append((name, settings))
+    return ladder
+
+
+def breakdown_html(plan: ContextPlan) -> str:
+    """The plan as a small HTML table (GiB per part), for a widget view or a notebook cell."""
+    def rows(parts: dict[str, int]) -> str:
+        return "".join(f"<tr><td>{k}</td><td style='text-align:right'>{v / GIB:,.2f}</td></tr>"
+                       for k, v in parts.items())
+    train = f"{plan.train_context:,} tokens" if plan.train_context else "does not fit (model states alone)"
+    return (f"<div style='font-family:monospace'><b>{plan.params / 1e6:,.0f}M parameters, "
+            f"{plan.memory_bytes / GIB:g} GiB, {plan.precision}</b><br>"
+            f"largest trainable context: <b>{train}</b><br>"
+            f"inference KV cache: <b>{plan.kv_tokens:,} tokens</b> "
+            f"({plan.kv_bytes_per_token / 2**10:,.1f} KiB per token)"
+            f"<table><tr><th>training, heaviest GPU</th><th>GiB</th></tr>{rows(plan.train_breakdown)}"
+            f"<tr><th>inference</th><th>GiB</th></tr>{rows(plan.inference_breakdown)}</table></div>")
