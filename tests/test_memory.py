@@ -47,3 +47,9 @@ def test_bad_arguments():
         measure_peak(3)
     with pytest.raises(ValueError, match="device"):
         measure_peak(lambda: None, "mps")
+
+
+def test_existing_tensors_are_not_counted_when_touched():
+    w = torch.ones(1000, 1000)
+    assert measure_peak(lambda: w.t(), "cpu") >= 4_000_000  # first touch of an older storage counts
+    assert measure_peak(lambda: w.t(), "cpu", existing=[w]) == 0
