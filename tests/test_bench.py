@@ -4,12 +4,13 @@ import sys
 import pytest
 
 from ctxlab.bench import format_table, median_ms, run_point
+from ctxlab.attention import BACKENDS
 from ctxlab.bench.attention import attention_point, peak_ratio, sweep
 
 
 def test_sweep_rows_and_ratio():
     rows = sweep([64, 128], backward=True, repeats=1)
-    assert {r["backend"] for r in rows} == {"naive", "sdpa"}
+    assert {r["backend"] for r in rows} == set(BACKENDS)
     assert all(not r["oom"] and r["peak_mib"] > 0 and r["ms"] > 0 for r in rows)
     assert peak_ratio(rows, "sdpa", "naive", 128) < 1
     assert "OOM" not in format_table(rows, ["backend", "T", "peak_mib"])
