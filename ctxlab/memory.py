@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -54,11 +54,14 @@ class LiveStorageTracker(TorchDispatchMode):
         return out
 
 
-def measure_peak(fn: Callable[[], Any], device: torch.device | str | None = None) -> int:
+def measure_peak(fn: Callable[[], Any], device: torch.device | str | None = None,
+                 existing: Iterable[torch.Tensor] = ()) -> int:
     """Peak bytes allocated while ``fn()`` runs, above what was allocated before it started.
 
     ``device`` defaults to CUDA when available. On CUDA this is ``max_memory_allocated`` minus the
-    starting allocation; on CPU it is the peak of :class:`LiveStorageTracker`.
+    starting allocation; on CPU it is the peak of :class:`LiveStorageTracker`, which counts a storage
+    the first time an operator returns it, so a tensor made before ``fn`` and only viewed or updated
+    in place inside it is counted too, unless it is listed in ``existing`` (e.g. parameters).
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -75,6 +78,7 @@ def measure_peak(fn: Callable[[], Any], device: torch.device | str | None = None
     if device.type != "cpu":
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device.type!r}")
     tracker = LiveStorageTracker()
+    tracker._seen.update(id(t.untyped_storage()) for t in existing)
     with tracker:
         fn()
     return tracker.peak

@@ -77,10 +77,20 @@ def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_pe
     # later, with the MLP's activations freed, attention's gradient temporaries
     mlp_moment = full_layer + ff * mlp_rows * e + (2 * ff * mlp_rows * e if cfg.mlp_chunk else 0) + 2 * n * d * e
     attn_moment = full_layer - (0 if cfg.mlp_chunk else 2 * ff * n * e) + attn_temp + 2 * n * d * e
-    block_phase = max(sum(saved[:i]) for i in range(cfg.n_layers)) + max(mlp_moment, attn_moment)
+    # gradients appear as backward goes down: the head/embedding's first, then one block's at a time
+    block_grad = (count_params(cfg) - cfg.vocab_size * d * (1 if cfg.tie_weights else 2) - 2 * d) * e
+    block_grad //= 1 if cfg.share_layers else cfg.n_layers
+    head_grad = cfg.vocab_size * d * e * (1 if cfg.tie_weights else 2)
+
+    def grads_during(i: int) -> int:
+        above = (1 if i < cfg.n_layers - 1 else 0) if cfg.share_layers else cfg.n_layers - 1 - i
+        return head_grad + above * block_grad
+
+    block_phase = max(sum(saved[:i]) + grads_during(i) for i in range(cfg.n_layers)) + max(mlp_moment, attn_moment)
     rows = min(n, cfg.loss_chunk) if cfg.loss_chunk else n
     head_phase = sum(saved) + 2 * n * d * e + 3 * rows * v * e  # final norm in/out; logits, log-softmax, grad
-    activations = max(block_phase, head_phase)
+    step_phase = params  # all gradients, at the optimiser step
+    activations = max(max(block_phase, head_phase, step_phase) - params, 0)
     # "saved_activations" (what the step keeps between forward and backward) is part of "activations",
     # not added to "total": a pipeline stage keeps it for every micro-batch in flight (ctxlab.planner)
     return {"parameters": params, "gradients": params, "optimizer": 2 * params, "activations": activations,
@@ -101,9 +111,9 @@ def _training_step(cfg: ModelConfig, seq_len: int, batch: int, device: str) -> t
         opt.zero_grad(set_to_none=True)
 
     step(8)  # creates the optimiser states: the measured step is a steady-state one
-    before = sum(p.nbytes for p in model.parameters())
-    before += sum(s.nbytes for st in opt.state.values() for s in st.values() if torch.is_tensor(s))
-    return before, measure_peak(lambda: step(seq_len), device)
+    existing = list(model.parameters()) + [s for st in opt.state.values() for s in st.values() if torch.is_tensor(s)]
+    before = sum(t.nbytes for t in existing)
+    return before, measure_peak(lambda: step(seq_len), device, existing=existing)
 
 
 def measure_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, device: str = "cpu",

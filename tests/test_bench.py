@@ -5,6 +5,7 @@ import pytest
 
 from ctxlab.attention import BACKENDS
 from ctxlab.bench import format_table, median_ms, run_point
+from ctxlab.attention import BACKENDS
 from ctxlab.bench.attention import attention_point, peak_ratio, sweep
 
 

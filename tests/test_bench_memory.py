@@ -7,21 +7,21 @@ SMALL = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=4096)
 
 
 def test_context_rows_grow_with_each_technique():
-    rows = context_rows(reference_config(**SMALL), 4 * 2**20, measure=False)
+    rows = context_rows(reference_config(**SMALL), 16 * 2**20, measure=False)
     assert [r["technique"] for r in rows] == [name for name, _ in ROWS]
     ts = [r["predicted_T"] for r in rows]
     assert ts[0] < ts[1] and ts[-1] >= ts[3] >= ts[2] and ts[-1] > 4 * ts[0]
 
 
 def test_measured_row_on_a_tiny_model():
-    rows = context_rows(reference_config(**SMALL), 3 * 2**20, measure=True)
+    rows = context_rows(reference_config(**SMALL, attn_chunk=64), 6 * 2**20, measure=True)
     for r in (rows[0], rows[-1]):
         assert abs(r["measured_T"] - r["predicted_T"]) <= 0.15 * r["measured_T"]
 
 
 def test_attention_ratio_is_small():
-    r = attention_peak_ratio(512)
-    assert r["ratio"] < 0.5 and r["naive"] > 0
+    r = attention_peak_ratio(1024)
+    assert r["ratio"] < 0.35 and r["naive"] > 0
 
 
 def test_cli_last_lines(capsys):

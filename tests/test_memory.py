@@ -54,3 +54,6 @@ def test_views_of_existing_tensors_are_not_allocations():
     x = torch.randn(10, 1000)
     peak = measure_peak(lambda: torch.nn.functional.linear(x, weight), "cpu")  # linear views weight.t()
     assert peak < 100_000
+    assert measure_peak(lambda: weight.t(), "cpu") == 0
+    assert measure_peak(lambda: weight.add_(1.0), "cpu", existing=[weight]) == 0
+    assert measure_peak(lambda: weight + 1.0, "cpu", existing=[weight]) == 4_000_000
