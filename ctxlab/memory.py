@@ -19,8 +19,11 @@ from torch.utils._pytree import tree_leaves
 class LiveStorageTracker(TorchDispatchMode):
     """Counts bytes of tensor storage created while active and still alive; remembers the peak."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget_bytes: int | None = None) -> None:
         super().__init__()
+        if budget_bytes is not None and (not isinstance(budget_bytes, int) or budget_bytes <= 0):
+            raise ValueError(f"budget_bytes must be None or a positive int, got {budget_bytes!r}")
+        self.budget_bytes = budget_bytes
         self.live = 0
         self.peak = 0
         self._seen: set[int] = set()
@@ -41,6 +44,9 @@ class LiveStorageTracker(TorchDispatchMode):
         self.live += nbytes
         self.peak = max(self.peak, self.live)
         weakref.finalize(storage, self._free, key, nbytes)
+        if self.budget_bytes is not None and self.live > self.budget_bytes:
+            # the CPU twin of a GPU running out of memory: sweeps record the point and go on
+            raise MemoryError(f"tracked memory {self.live:,} bytes exceeds the budget of {self.budget_bytes:,} bytes")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -55,13 +61,14 @@ class LiveStorageTracker(TorchDispatchMode):
 
 
 def measure_peak(fn: Callable[[], Any], device: torch.device | str | None = None,
-                 existing: Iterable[torch.Tensor] = ()) -> int:
+                 existing: Iterable[torch.Tensor] = (), budget_bytes: int | None = None) -> int:
     """Peak bytes allocated while ``fn()`` runs, above what was allocated before it started.
 
     ``device`` defaults to CUDA when available. On CUDA this is ``max_memory_allocated`` minus the
     starting allocation; on CPU it is the peak of :class:`LiveStorageTracker`, which counts a storage
     the first time an operator returns it, so a tensor made before ``fn`` and only viewed or updated
     in place inside it is counted too, unless it is listed in ``existing`` (e.g. parameters).
+    With ``budget_bytes`` on CPU, going over the budget raises ``MemoryError``, as a GPU would.
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
@@ -77,7 +84,7 @@ def measure_peak(fn: Callable[[], Any], device: torch.device | str | None = None
         return max(0, torch.cuda.max_memory_allocated(device) - base)
     if device.type != "cpu":
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device.type!r}")
-    tracker = LiveStorageTracker()
+    tracker = LiveStorageTracker(budget_bytes)
     tracker._seen.update(id(t.untyped_storage()) for t in existing)
     with tracker:
         fn()

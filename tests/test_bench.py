@@ -42,3 +42,10 @@ def test_cli_prints_the_ratio_last():
     assert out[-1].startswith("sdpa_vs_naive_peak_memory_ratio_T8192=")  # nan: 8192 not in this short sweep
     unknown = subprocess.run([sys.executable, "-m", "ctxlab.bench", "nope"], capture_output=True, text=True)
     assert unknown.returncode != 0 and "unknown sweep" in unknown.stderr
+
+
+def test_a_tracked_budget_on_cpu_turns_big_points_into_oom_rows():
+    rows = sweep([64, 512], backends=["naive", "sdpa"], backward=True, repeats=1, budget_bytes=8 * 2**20)
+    by = {(r["backend"], r["T"]): r for r in rows}
+    assert by[("naive", 512)]["oom"] and not by[("naive", 64)]["oom"]  # scores, probabilities and grads > 8 MiB
+    assert not by[("sdpa", 512)]["oom"] and by[("sdpa", 512)]["peak_mib"] < 8

@@ -57,3 +57,11 @@ def test_views_of_existing_tensors_are_not_allocations():
     assert measure_peak(lambda: weight.t(), "cpu") == 0
     assert measure_peak(lambda: weight.add_(1.0), "cpu", existing=[weight]) == 0
     assert measure_peak(lambda: weight + 1.0, "cpu", existing=[weight]) == 4_000_000
+
+
+def test_budget_raises_memory_error_and_bad_budget():
+    with pytest.raises(MemoryError, match="budget"):
+        measure_peak(lambda: torch.empty(1000, 1000), "cpu", budget_bytes=1_000_000)
+    assert measure_peak(lambda: torch.empty(100), "cpu", budget_bytes=1_000_000) == 400
+    with pytest.raises(ValueError, match="budget_bytes"):
+        measure_peak(lambda: None, "cpu", budget_bytes=-5)

@@ -15,7 +15,7 @@ MIB = 2**20
 
 def attention_point(backend: str, seq_len: int, batch: int = 1, heads: int = 4, head_dim: int = 64,
                     backward: bool = True, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                    repeats: int = 3) -> dict:
+                    repeats: int = 3, budget_bytes: int | None = None) -> dict:
     """Peak memory (MiB) and median latency (ms) of one causal attention call, optionally with backward."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {backend!r}")
@@ -31,7 +31,7 @@ def attention_point(backend: str, seq_len: int, batch: int = 1, heads: int = 4, 
             out.backward(torch.ones_like(out))
             q.grad = k.grad = v.grad = None
 
-    peak = measure_peak(step, device)
+    peak = measure_peak(step, device, budget_bytes=budget_bytes)  # over the budget: MemoryError, an OOM row
     times = times_ms(step, repeats=repeats, warmup=1, device=device)
     # the median is the typical time; the best is the least disturbed by other work on the machine
     return {"peak_mib": peak / MIB, "ms": statistics.median(times), "best_ms": min(times)}
