@@ -171,3 +171,31 @@ def test_bad_types_and_missing_checkpoint(tmp_path):
 def test_progress_bar_can_be_forced_on(capsys):
     train(tiny_model(), copy_batches(), steps=2, progress=True)
     assert "train" in capsys.readouterr().err
+
+
+KILL_WHILE_SAVING = """
+import sys, torch
+from ctxlab.train import save_checkpoint
+path = sys.argv[1]
+big = {"w": torch.randn(4_000_000)}  # 16 MB: each save takes a while
+print("saving", flush=True)
+while True:
+    save_checkpoint(path, big)
+"""
+
+
+def test_a_process_killed_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"step": 7, "w": torch.ones(3)})
+    proc = subprocess.Popen([sys.executable, "-c", KILL_WHILE_SAVING, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "saving"
+    time.sleep(1.5)  # several saves are under way or done
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    state = load_checkpoint(path)  # whatever save was interrupted, the file is a whole checkpoint
+    assert ("step" in state and state["step"] == 7) or state["w"].numel() == 4_000_000
