@@ -1,7 +1,7 @@
 """ctxlab: the small library behind the book "Extending the context length of LLMs"."""
-from .attention import attention, merge_partials, naive_attention, sdpa_attention
+from .attention import attention, chunked_attention, merge_partials, naive_attention, sdpa_attention
 from .config import ModelConfig, reference_config
-from .kvcache import ContiguousKVCache, kv_cache_bytes_per_token
+from .kvcache import ContiguousKVCache, PagedKVCache, kv_cache_bytes_per_token
 from .memory import measure_peak
 from .model import GPT
 
@@ -16,4 +16,5 @@ def default_device() -> str:
 
 
 __all__ = ["GPT", "ModelConfig", "reference_config", "attention", "naive_attention", "sdpa_attention",
-           "merge_partials", "measure_peak", "ContiguousKVCache", "kv_cache_bytes_per_token", "default_device"]
+           "merge_partials", "measure_peak", "ContiguousKVCache", "kv_cache_bytes_per_token", "default_device",
+           "chunked_attention", "PagedKVCache"]
