@@ -7,12 +7,6 @@ from ctxlab.bench.clipping import (clipped_gradients, cosine_rows, divergence_ru
                                    markov_batches, reference_gradients)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_cosines_on_model_gradients():

@@ -10,13 +10,6 @@ from ctxlab.clipping import (GradNormMonitor, adaptive_clip, article_clip, clip_
 SHAPES = {"vector": [(7,)], "matrices": [(4, 5), (3,), (2, 3, 4)], "scalar+big": [(), (64, 32), (32,)]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster than several fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_params(shapes, missing=(), fill=None, scale=3.0):

@@ -10,13 +10,6 @@ from ctxlab.train import TrainResult, load_checkpoint, lr_at, resolve_clip, save
 VOCAB, T = 16, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster than several fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(seed=0, dropout=0.0):
