@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -22,11 +21,10 @@ from pathlib import Path
 
 import torch
 
-from .bench import median_ms, synchronize
 from .config import ModelConfig
 from .dialogue import DialogueSpec, answer_accuracy, dialogue_batch, min_length
 from .extend import load_model, save_model, with_positions
-from .kvcache import ContiguousKVCache, kv_cache_bytes_per_token
+from .latency import context_latency
 from .memory import measure_peak
 from .model import GPT
 from .positions import STATIC_SCALINGS
@@ -222,40 +220,13 @@ def evaluate(s: Settings, out: Path, name: str, scaling: str, device: str) -> li
     return rows
 
 
-@torch.no_grad()
-def decode_ms_per_token(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int = 3) -> float:
-    """Median time of one greedy step with a KV cache after a ``prompt`` prefill (the prefill is not timed)."""
-    device = prompt.device
-    times = []
-    for _ in range(repeats + 1):
-        cache = ContiguousKVCache(model.cfg, 1, prompt.shape[1] + new_tokens, device)
-        logits, _ = model(prompt, cache=cache)
-        nxt = logits[:, -1:].argmax(-1)
-        synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(new_tokens):
-            logits, _ = model(nxt, cache=cache)
-            nxt = logits[:, -1:].argmax(-1)
-        synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3 / new_tokens)
-    return statistics.median(times[1:])
-
-
-@torch.no_grad()
 def latency(s: Settings, out: Path, device: str) -> list[dict]:
-    """Prefill time, decode time per token with a KV cache, cache bytes and prefill peak memory vs context."""
+    """Prefill and per-token decode time of the fine-tuned model at each of ``latency_lens`` tokens."""
     top = max(s.latency_lens) + s.decode_tokens
     model = load_model(out / f"finetuned_{s.scaling}.pt", extended_config(s, top), device)
     g = torch.Generator().manual_seed(s.seed + 99)
     prompt = torch.randint(spec_of(s).vocab_size, (1, max(s.latency_lens)), generator=g).to(device)
-    rows = []
-    for n in s.latency_lens:
-        x = prompt[:, :n]
-        rows.append({"context": n, "prefill_ms": median_ms(lambda: model(x), repeats=5, device=device),
-                     "decode_ms_per_token": decode_ms_per_token(model, x, s.decode_tokens),
-                     "kv_cache_bytes": kv_cache_bytes_per_token(model.cfg) * n,
-                     "prefill_peak_bytes": measure_peak(lambda: model(x), device)})
-    return rows
+    return context_latency(model, prompt, s.latency_lens, s.decode_tokens)
 
 
 def training_memory(s: Settings, device: str) -> list[dict]:
@@ -301,7 +272,8 @@ def run(s: Settings, out: Path, device: str = "cpu", command: str = "python -m c
         "far_accuracy_before": far_accuracy(before, s.train_len),
         "far_accuracy_zero_shot": far_accuracy(zero_shot, s.train_len),
         "far_accuracy_after": far_accuracy(after, s.train_len),
-        "seconds_this_run": round(time.perf_counter() - t0, 1)}
+        "seconds_this_run": round(time.perf_counter() - t0, 1),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     write_json(out / "results.json", results)
     return results
 
@@ -322,6 +294,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-len", type=int, default=None)
     p.add_argument("--base-steps", type=int, default=None)
     p.add_argument("--finetune-steps", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--finetune-batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--eval-samples", type=int, default=None, help="dialogues per distance bin")
     p.add_argument("--fresh", action="store_true", help="delete this study's files in --out and start over")
     args = p.parse_args(argv)
     s = QUICK if args.quick else Settings()

@@ -18,6 +18,7 @@ TINY = replace(QUICK, base_steps=12, save_every=4, d_model=16, batch=4)
     (["--train-len", "65"], "train_len"),
     (["--base-steps", "0"], "base_steps"),
     (["--finetune-steps", "-3"], "finetune_steps"),
+    (["--lr", "0"], "lr"),
     (["--device", "tpu"], "device"),
     (["--device", "cuda:7"], "not available"),
 ])
