@@ -273,6 +273,7 @@ def run(s: Settings, out: Path, device: str = "cpu", command: str = "python -m c
         "far_accuracy_zero_shot": far_accuracy(zero_shot, s.train_len),
         "far_accuracy_after": far_accuracy(after, s.train_len),
         "seconds_this_run": round(time.perf_counter() - t0, 1),
+        "torch_threads": torch.get_num_threads(),
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     write_json(out / "results.json", results)
     return results
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--finetune-batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--eval-samples", type=int, default=None, help="dialogues per distance bin")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 is fastest on a busy machine)")
     p.add_argument("--fresh", action="store_true", help="delete this study's files in --out and start over")
     args = p.parse_args(argv)
     s = QUICK if args.quick else Settings()
@@ -309,8 +311,12 @@ def main(argv: list[str] | None = None) -> dict:
             s = replace(s, latency_lens=tuple(args.train_len * k for k in (1, 2, 4, 8, 16)))
         check_settings(s)
         check_device(args.device)
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"threads must be an int >= 1, got {args.threads}")
     except ValueError as err:
         p.error(str(err))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     out = args.out or (Path(tempfile.mkdtemp(prefix="ctxlab-casestudy-")) if args.quick else OUT_DIR)
     if args.fresh and out.exists():
         for f in out.glob("*"):

@@ -19,6 +19,7 @@ TINY = replace(QUICK, base_steps=12, save_every=4, d_model=16, batch=4)
     (["--base-steps", "0"], "base_steps"),
     (["--finetune-steps", "-3"], "finetune_steps"),
     (["--lr", "0"], "lr"),
+    (["--threads", "0"], "threads"),
     (["--device", "tpu"], "device"),
     (["--device", "cuda:7"], "not available"),
 ])
