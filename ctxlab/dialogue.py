@@ -35,17 +35,26 @@ class DialogueSpec:
     vocab_size: int = 128
     min_turn: int = 3
     max_turn: int = 8
+    order_digits: int = VALUE_LEN["order"]   # fewer digits: an easier copy, for small models
+    name_tokens: int = VALUE_LEN["name"]
 
     def __post_init__(self) -> None:
+        for name, most in (("order_digits", VALUE_LEN["order"]), ("name_tokens", VALUE_LEN["name"])):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and 1 <= value <= most):
+                raise ValueError(f"{name} must be an int in [1, {most}], got {value!r}")
         if self.vocab_size < FILLER_START + 8:
             raise ValueError(f"vocab_size must be >= {FILLER_START + 8}, got {self.vocab_size}")
         if not 1 <= self.min_turn <= self.max_turn:
             raise ValueError(f"need 1 <= min_turn <= max_turn, got {self.min_turn} and {self.max_turn}")
 
+    def value_len(self, kind: str) -> int:
+        return {"name": self.name_tokens, "order": self.order_digits, "like": VALUE_LEN["like"]}[kind]
 
-def _value(kind: str, g: torch.Generator) -> list[int]:
+
+def _value(kind: str, g: torch.Generator, spec: DialogueSpec) -> list[int]:
     pool = {"name": NAMES, "order": DIGITS, "like": LIKES}[kind]
-    return [pool[int(i)] for i in torch.randint(len(pool), (VALUE_LEN[kind],), generator=g)]
+    return [pool[int(i)] for i in torch.randint(len(pool), (spec.value_len(kind),), generator=g)]
 
 
 def _filler(n: int, spec: DialogueSpec, g: torch.Generator) -> list[int]:
@@ -69,11 +78,12 @@ def make_dialogue(seq_len: int, distance: int, asked: str, g: torch.Generator,
     positions before the first answer token. Returns (tokens, targets)."""
     if asked not in KEYS:
         raise ValueError(f"asked must be one of {tuple(KEYS)}, got {asked!r}")
-    if distance < QUESTION_LEN + VALUE_LEN[asked]:
-        raise ValueError(f"distance must be >= {QUESTION_LEN + VALUE_LEN[asked]} for {asked!r}, got {distance}")
+    lo = QUESTION_LEN + spec.value_len(asked)
+    if distance < lo:
+        raise ValueError(f"distance must be >= {lo} for {asked!r}, got {distance}")
     if seq_len < min_length(distance):
         raise ValueError(f"seq_len must be >= {min_length(distance)} for distance {distance}, got {seq_len}")
-    values = {k: _value(k, g) for k in KEYS}
+    values = {k: _value(k, g, spec) for k in KEYS}
     answer = values[asked]
     answer_start = seq_len - len(answer)
     question_start = answer_start - QUESTION_LEN
@@ -110,8 +120,10 @@ def make_dialogue(seq_len: int, distance: int, asked: str, g: torch.Generator,
 
 
 def dialogue_batch(batch_size: int, seq_len: int, g: torch.Generator, distance: int | None = None,
-                   max_distance: int | None = None, spec: DialogueSpec = DialogueSpec()) -> tuple[Tensor, Tensor, Tensor]:
-    """(tokens, targets, distances): distances drawn uniformly up to max_distance unless fixed."""
+                   max_distance: int | None = None, spec: DialogueSpec = DialogueSpec(),
+                   min_distance: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """(tokens, targets, distances): distances drawn uniformly in [min_distance, max_distance] unless fixed
+    (never below the shortest distance each asked fact allows)."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     kinds = list(KEYS)
@@ -119,7 +131,7 @@ def dialogue_batch(batch_size: int, seq_len: int, g: torch.Generator, distance: 
     rows, tgts, dists = [], [], []
     for _ in range(batch_size):
         asked = kinds[int(torch.randint(len(kinds), (), generator=g))]
-        lo = QUESTION_LEN + VALUE_LEN[asked]
+        lo = max(min_distance, QUESTION_LEN + spec.value_len(asked))
         d = distance if distance is not None else int(torch.randint(lo, max(lo, hi) + 1, (), generator=g))
         tok, tgt = make_dialogue(seq_len, d, asked, g, spec)
         rows.append(tok)

@@ -65,3 +65,17 @@ def test_answer_accuracy_counts_whole_answers():
     wrong = targets.clone()
     wrong[0][wrong[0] != -100] = 60
     assert answer_accuracy(Oracle(wrong), tokens, targets).tolist() == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_shorter_values_and_a_distance_floor():
+    spec = DialogueSpec(order_digits=2, name_tokens=1)
+    g = torch.Generator().manual_seed(5)
+    tokens, targets = make_dialogue(120, 50, "order", g, spec)
+    marked = [t for t in targets if t != -100]
+    assert len(marked) == 2 and tokens[-2:] == marked
+    assert tokens[120 - 2 - 50 - 1] == KEYS["order"]
+    _, _, dist = dialogue_batch(32, 200, g, min_distance=90, max_distance=120, spec=spec)
+    assert int(dist.min()) >= 90 and int(dist.max()) <= 120
+    for bad in (dict(order_digits=0), dict(order_digits=5), dict(name_tokens=3)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            DialogueSpec(**bad)
