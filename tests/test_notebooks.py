@@ -35,3 +35,11 @@ def test_every_notebook_is_in_the_toc():
     toc = (ROOT / "_toc.yml").read_text()
     for path in NOTEBOOKS:
         assert f"book/{path.stem}" in toc, f"{path.name} is missing from _toc.yml"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_control_characters_in_cell_sources(path):
+    """A lost backslash (\\t in \\text, \\a in \\approx) turns into a control character that breaks the math."""
+    for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+        bad = {hex(ord(ch)) for ch in "".join(cell["source"]) if ord(ch) < 32 and ch != "\n"}
+        assert not bad, f"{path.name} cell {i} has control characters {sorted(bad)}"
