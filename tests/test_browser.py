@@ -342,13 +342,15 @@ def test_moving_a_slider_changes_what_is_shown(tab: Tab, page: str):
         before = tab.page.evaluate(f"{SHOWN}({i})")
         picture_before = tab.page.call("Page.captureScreenshot", {"format": "png", "clip": before["clip"],
                                                                   "captureBeyondViewport": True})["data"]
-        handle = handle_position(tab, i)
-        tab.page.drag(handle[0], handle[1], handle[2], handle[1])   # drag the handle to the far right
-        try:
-            tab.page.wait_for(f"((v) => v.shown !== {json.dumps(before['shown'])} && v.images_ok && v.value === v.max)"
-                              f"({SHOWN}({i}))", timeout=10)
-        except CDPError:
-            pass
+        for _attempt in range(3):  # a drag that lands while the page still lays out is tried again
+            handle = handle_position(tab, i)
+            tab.page.drag(handle[0], handle[1], handle[2], handle[1])   # drag the handle to the far right
+            try:
+                tab.page.wait_for(f"((v) => v.shown !== {json.dumps(before['shown'])} && v.images_ok && "
+                                  f"v.value === v.max)({SHOWN}({i}))", timeout=10)
+                break
+            except CDPError:
+                pass
         after = tab.page.evaluate(f"{SHOWN}({i})")
         picture_after = tab.page.call("Page.captureScreenshot", {"format": "png", "clip": after["clip"],
                                                                  "captureBeyondViewport": True})["data"]
