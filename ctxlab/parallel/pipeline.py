@@ -280,6 +280,7 @@ schedules_worker.check_args = _check_worker_args
 
 if __name__ == "__main__":
     import argparse
+    import sys
 
     from .launch import run_from_env
 
@@ -292,7 +293,9 @@ if __name__ == "__main__":
     x = torch.randint(0, 64, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0))
     reference = single_process_step(cfg, x, x.roll(-1, 1))
     for name, out in run_from_env(schedules_worker, cfg, x, x.roll(-1, 1), args.microbatches).items():
+        lines = [f"{name}: rank {out['rank']} peak micro-batches held {out['peak_held']}"]
         if out["loss"] is not None:
-            print(f"{name}: loss {out['loss']:.6f} single-process {reference['loss']:.6f} "
-                  f"diff {abs(out['loss'] - reference['loss']):.1e}", flush=True)
-        print(f"{name}: rank {out['rank']} peak micro-batches held {out['peak_held']}", flush=True)
+            lines.insert(0, f"{name}: loss {out['loss']:.6f} single-process {reference['loss']:.6f} "
+                            f"diff {abs(out['loss'] - reference['loss']):.1e}")
+        sys.stdout.write("\n".join(lines) + "\n")  # one write per rank and schedule: ranks share the terminal
+        sys.stdout.flush()
