@@ -66,8 +66,9 @@ def measure_peak(fn: Callable[[], Any], device: torch.device | str | None = None
 
     ``device`` defaults to CUDA when available. On CUDA this is ``max_memory_allocated`` minus the
     starting allocation; on CPU it is the peak of :class:`LiveStorageTracker`, which counts a storage
-    the first time an operator returns it, so a tensor made before ``fn`` and only viewed or updated
-    in place inside it is counted too, unless it is listed in ``existing`` (e.g. parameters).
+    the first time an operator returns it as new memory. Views and in-place results of tensors made
+    before ``fn`` are not allocations and are not counted; ``existing`` (e.g. parameters and optimiser
+    states) marks storages that must never be counted, whatever operator hands them back.
     With ``budget_bytes`` on CPU, going over the budget raises ``MemoryError``, as a GPU would.
     """
     if not callable(fn):
