@@ -20,6 +20,7 @@ from typing import Callable, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from .clipping import STRATEGIES, GradNormMonitor, make_clipper
@@ -139,6 +140,26 @@ def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _global_mean(x: float) -> float:
+    """Mean of a number over the ranks of the default group (each rank's loss is over its slice)."""
+    t = torch.tensor([x], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
+
+
+def _token_share(targets: Tensor, ignore_index: int = -100) -> float:
+    """world size x this rank's share of the counted targets: scales a rank's mean loss so that averaging
+    the ranks' gradients gives the gradient of the global batch's mean (masked targets differ per slice)."""
+    counts = torch.tensor([(targets != ignore_index).sum().item()], dtype=torch.float64)
+    local = counts.item()
+    if dist.get_backend() == "nccl":
+        counts = counts.cuda()
+    dist.all_reduce(counts)
+    return local * dist.get_world_size() / max(counts.item(), 1.0)
+
+
 def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, warmup: int = 0,
           weight_decay: float = 0.1, accum: int = 1, optimizer: str = "adamw", clip: ClipArg = 1.0,
           clip_threshold: float = 1.0, min_lr_ratio: float = 0.1, checkpoint_path: str | os.PathLike | None = None,
@@ -152,6 +173,10 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
     ``clipping.STRATEGIES`` used with ``clip_threshold``, or a callable of the parameter list.
     ``progress``: a tqdm bar; None shows it only when stderr is a terminal. With ``resume`` the run
     continues from ``checkpoint_path`` (model, optimizer, step, history and RNG state).
+    Data parallel: pass a ``parallel.ddp.DataParallel`` model and a ``get_batch`` that returns this
+    rank's slice; each rank's loss is weighted by its share of the counted targets (a mean over masked
+    targets is not a mean of the ranks' means), gradients are averaged before clipping, the logged loss
+    is the global mean, and only rank 0 writes checkpoints.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -171,6 +196,10 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
            "a file path when resume or checkpoint_every is set", checkpoint_path)
     _check(optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", optimizer)
     clip_fn = resolve_clip(clip, clip_threshold)
+    sync = getattr(model, "finish_gradient_sync", None)  # a data-parallel wrapper averages gradients here
+    _check(sync is None or accum == 1, "accum", "1 with a data-parallel model (its hooks reduce every backward)",
+           accum)
+    writer = sync is None or not dist.is_initialized() or dist.get_rank() == 0
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     opt = make_optimizer(model, lr, weight_decay, optimizer)
@@ -192,6 +221,8 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
     result.layer_norms = monitor.layer_norms  # one dict, filled by the monitor
 
     def checkpoint(step: int) -> None:
+        if not writer:
+            return
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "schedule": {"lr": lr, "warmup": warmup, "steps": steps, "min_lr_ratio": min_lr_ratio},
@@ -209,8 +240,13 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
         for micro in range(accum):
             tokens, targets = get_batch(step * accum + micro)
             _, loss = model(tokens.to(device), targets.to(device))
+            if sync is not None:
+                loss = loss * _token_share(targets)
             (loss / accum).backward()
             loss_sum += loss.item()
+        if sync is not None:
+            sync()
+            loss_sum = _global_mean(loss_sum)
         grad_norm = monitor.observe(model, clip_fn)
         opt.step()
         opt.zero_grad(set_to_none=True)
