@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ctxlab import casestudy
+from ctxlab.casestudy import study
 from ctxlab.casestudy import QUICK, accuracy_by_distance, check_device, check_settings, distance_bins, train_stage
 from ctxlab.dialogue import min_length
 from ctxlab.train import load_checkpoint
@@ -22,6 +23,9 @@ TINY = replace(QUICK, base_steps=12, save_every=4, d_model=16, batch=4)
     (["--threads", "0"], "threads"),
     (["--device", "tpu"], "device"),
     (["--device", "cuda:7"], "not available"),
+    (["--data-parallel", "0"], "data_parallel"),
+    (["--data-parallel", "3"], "data_parallel must divide"),
+    (["--data-parallel", "2", "--device", "cuda"], "not available" if not torch.cuda.is_available() else "data_parallel"),
 ])
 def test_bad_arguments_stop_before_any_work(argv, words, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -60,7 +64,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch,
     whole.mkdir(), broken.mkdir()
     train_stage(TINY, whole, "base", "cpu")
 
-    real = casestudy.dialogue_batches
+    real = study.dialogue_batches
 
     def failing(*args):
         get = real(*args)
@@ -70,12 +74,12 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch,
                 raise KeyboardInterrupt  # as if the run were stopped here
             return get(step)
         return get_batch
-    monkeypatch.setattr(casestudy, "dialogue_batches", failing)
+    monkeypatch.setattr(study, "dialogue_batches", failing)
     with pytest.raises(KeyboardInterrupt):
         train_stage(TINY, broken, "base", "cpu")
     assert not (broken / "base.pt").exists()
     assert load_checkpoint(broken / "base.state.pt")["step"] == 4
-    monkeypatch.setattr(casestudy, "dialogue_batches", real)
+    monkeypatch.setattr(study, "dialogue_batches", real)
     meta = train_stage(TINY, broken, "base", "cpu")
     assert "resuming from step 4 of 12" in capsys.readouterr().out
     assert meta["resumed"] and not (broken / "base.state.pt").exists()
@@ -110,3 +114,18 @@ def test_quick_mode_end_to_end(tmp_path, capsys):
     for name in ("base.pt", "finetuned_yarn.pt"):
         assert (tmp_path / name).stat().st_size < 5e6
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.state.pt"))
+
+
+def test_data_parallel_training_matches_one_process(tmp_path):
+    """Two gloo ranks, each on half of every batch, train the same weights as one process (up to rounding)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    meta1 = train_stage(TINY, one, "base", "cpu")
+    meta2 = train_stage(TINY, two, "base", "cpu", data_parallel=2)
+    assert meta2["data_parallel"] == 2 and meta1["data_parallel"] == 1
+    assert meta2["final_loss"] == pytest.approx(meta1["final_loss"], rel=1e-4)
+    a, b = load_checkpoint(one / "base.pt")["model"], load_checkpoint(two / "base.pt")["model"]
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-5, worst
+    assert not list(two.glob("*.state.pt"))
