@@ -119,6 +119,19 @@ def model_125m(**changes):
     return ModelConfig(vocab_size=32000, d_model=768, n_layers=12, n_heads=12, max_seq_len=1024, **changes)
 
 
+def serving_latency(device: str, dtype: torch.dtype, lengths: list[int], decode_tokens: int) -> list[dict]:
+    """Prefill and per-token decode time of the case-study model's shape (random weights: timing only)."""
+    from .casestudy.settings import Settings, extended_config
+    from .latency import context_latency
+    from .model import GPT
+
+    torch.manual_seed(0)
+    cfg = extended_config(Settings(), max(lengths) + decode_tokens).replace(max_seq_len=max(lengths) + decode_tokens)
+    model = GPT(cfg).to(device=device, dtype=dtype).eval()
+    prompt = torch.randint(cfg.vocab_size, (1, max(lengths)), device=device)
+    return context_latency(model, prompt, lengths, decode_tokens)
+
+
 ALL_TECHNIQUES = dict(attention="sdpa", checkpoint_every=1, loss_chunk=4096, mlp_chunk=4096)
 
 
@@ -147,6 +160,8 @@ def sections(dry_run: bool, device: str) -> dict[str, Callable[[], object]]:
         "throughput_125m": lambda: step_throughput(big, 128 if dry_run else 16384, device, dtype,
                                                    peak.get("tflops")),
         "parallel": lambda: parallel_checks(device),
+        "casestudy_latency": lambda: serving_latency(device, dtype, [64, 128] if dry_run else
+                                                     [512, 2048, 8192, 32768], 4 if dry_run else 32),
     }
 
 

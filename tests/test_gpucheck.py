@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from ctxlab import gpucheck
+from ctxlab import gpu_results, gpucheck
 
 
 def test_dry_run_writes_a_valid_json(tmp_path):
@@ -46,7 +46,7 @@ def test_the_whole_dry_run_from_the_command_line(tmp_path):
     gpucheck.validate(data)
     assert data["dry_run"] is True and data["device"]
     for name in ("matmul_peak", "attention", "max_context_reference", "max_context_125m", "throughput_125m",
-                 "parallel"):
+                 "parallel", "casestudy_latency"):
         assert data["sections"][name]["error"] is None, (name, data["sections"][name]["error"])
     ctx = data["sections"]["max_context_reference"]["value"]
     assert ctx["largest_fitting_T"] == 64 and ctx["stopped_by"] == "limit"
@@ -55,3 +55,23 @@ def test_the_whole_dry_run_from_the_command_line(tmp_path):
     assert par["ddp_gloo_2"]["ours"]["max_grad_err"] < 1e-5 and par["ring_gloo_2"]["max_err"] < 1e-5
     assert par["pipeline_gloo_2"]["1f1b"]["peak_held"] == [2, 1]
     assert proc.stdout.strip().splitlines()[-1].startswith("wrote ")
+    lat = data["sections"]["casestudy_latency"]["value"]
+    assert [r["context"] for r in lat] == [64, 128] and lat[1]["kv_cache_bytes"] == 2 * lat[0]["kv_cache_bytes"]
+    # every section the chapters show renders from a real file; a dry run is not shown as a GPU result
+    text = gpu_results.report(list(gpu_results.FORMATS), out, allow_dry_run=True)
+    assert "failed" not in text and "not measured" not in text
+    assert all(f"[{name}]" in text for name in gpu_results.FORMATS)
+    assert "largest trainable context: 64 tokens" in text
+    assert gpu_results.load(out) is None and gpu_results.load(out, allow_dry_run=True)["dry_run"]
+
+
+def test_gpu_results_without_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(gpu_results, "PACKAGE_DATA", tmp_path / "absent.json")
+    assert gpu_results.load() is None and gpu_results.section(None, "attention") is None
+    assert gpu_results.report(["attention"]).startswith("no GPU measurements stored")
+    with pytest.raises(ValueError, match="names must be among"):
+        gpu_results.report(["bogus"])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a gpucheck result"):
+        gpu_results.load(tmp_path / "bad.json")
