@@ -53,6 +53,18 @@ def test_the_ideal_timeline_has_the_textbook_bubble_and_memory():
     assert schedule_order("1f1b", 0, 2, 3) == [("F", 0), ("F", 1), ("B", 0), ("F", 2), ("B", 1), ("B", 2)]
 
 
+def test_unequal_stages_lengthen_the_step_and_the_bubble():
+    """1F1B, p = 2, m = 2, worked by hand: with stage 1 slower (f1, b1) the step is f0 + b0 + 2 (f1 + b1)."""
+    f0, b0, f1, b1 = 1.0, 2.0, 1.5, 3.0
+    events = simulate("1f1b", 2, 2, [f0, f1], [b0, b1])
+    end = max(e[3] for ev in events for e in ev)
+    assert end == pytest.approx(f0 + b0 + 2 * (f1 + b1))
+    assert bubble_measured(events) > bubble_theory(2, 2)
+    assert simulate("gpipe", 3, 4, [1.0] * 3, [2.0] * 3) == simulate("gpipe", 3, 4, 1.0, 2.0)
+    with pytest.raises(ValueError, match="one per stage"):
+        simulate("gpipe", 3, 4, [1.0, 1.0], 2.0)
+
+
 def test_bench_measures_memory_and_its_cli_prints_the_bubble_last(capsys):
     cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=2, max_seq_len=32)
     rows = run(2, (4,), steps=2, cfg=cfg, micro_batch=2, seq_len=32, measure_memory=True)
@@ -60,6 +72,7 @@ def test_bench_measures_memory_and_its_cli_prints_the_bubble_last(capsys):
     assert by["gpipe"]["held"] == [4, 4] and by["1f1b"]["held"] == [2, 1]
     assert by["1f1b"]["peak_mib"][0] < by["gpipe"]["peak_mib"][0]  # 2 micro-batches held instead of 4
     assert all(0 <= r["bubble"] < 1 and r["theory"] == pytest.approx(1 / 5) for r in rows)
+    assert all(r["theory"] - 1e-9 <= r["bubble_stages"] < 1 and r["formula_ms"] > 0 for r in rows)
     main(["--stages", "2", "--microbatches", "2", "--steps", "2", "--seq-len", "16", "--micro-batch", "1"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("bubble_measured=") and last.endswith("bubble_theory=0.3333"), last

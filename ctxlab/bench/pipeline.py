@@ -1,7 +1,10 @@
 """GPipe and 1F1B run for real on p ranks: step time, bubble measured from the recorded events vs theory.
 
 ``python -m ctxlab.bench pipeline --stages 2 --microbatches 8``. One launch runs every schedule and
-micro-batch count; the first step of each is a warm-up and the bubble is the median of the others.
+micro-batch count; the first step of each is a warm-up and the figures are medians over the others.
+The measured bubble exceeds (p-1)/(m+p-1) by two things the theory leaves out: stages that run at
+different speeds (``bubble_stages`` replays the schedule with the measured per-stage times) and the
+time activations and gradients spend in transit.
 The last line is ``bubble_measured=<1F1B> bubble_theory=<(p-1)/(m+p-1)>``.
 """
 from __future__ import annotations
@@ -12,7 +15,7 @@ import statistics
 import torch
 
 from ..config import ModelConfig, reference_config
-from ..parallel.bubble import bubble_measured, bubble_theory, peak_held, step_time
+from ..parallel.bubble import bubble_measured, bubble_theory, peak_held, simulate, step_time
 from ..parallel.launch import launch
 from ..parallel.pipeline import SCHEDULES, pipeline_worker, stage_bounds
 from . import format_table
@@ -32,18 +35,34 @@ def sweep_worker(rank: int, world_size: int, cfg: ModelConfig, micro_batch: int,
     return rows
 
 
+def stage_times(events_by_stage: list[list]) -> tuple[list[float], list[float]]:
+    """Median forward and backward time of each stage in one step."""
+    med = lambda ev, kind: statistics.median(e[3] - e[2] for e in ev if e[0] == kind)  # noqa: E731
+    return [med(ev, "F") for ev in events_by_stage], [med(ev, "B") for ev in events_by_stage]
+
+
 def summarize(per_rank: list[list[dict]]) -> list[dict]:
-    """One row per (schedule, m): median bubble and step time over the timed steps, activations held."""
+    """One row per (schedule, m), medians over the timed steps: step time; the formula (m + p - 1)(t_F + t_B)
+    with the slowest stage's op times of the same step, and its relative error; the bubble measured, in
+    theory, and of the ideal schedule run with the measured per-stage times (imbalance, no communication)."""
     rows = []
     for j, first in enumerate(per_rank[0]):
         runs = [r[j]["runs"] for r in per_rank]
         timed = range(1, len(runs[0])) if len(runs[0]) > 1 else range(1)
         steps = [[stage_runs[k] for stage_runs in runs] for k in timed]
-        p = len(per_rank)
-        rows.append({"schedule": first["schedule"], "m": first["m"], "p": p,
+        p, m = len(per_rank), first["m"]
+        formula, sched = [], []
+        for s in steps:
+            t_f, t_b = stage_times(s)
+            formula.append((m + p - 1) * (max(t_f) + max(t_b)))
+            sched.append(bubble_measured(simulate(first["schedule"], p, m, t_f, t_b)))
+        rows.append({"schedule": first["schedule"], "m": m, "p": p,
                      "step_ms": statistics.median(step_time(s) for s in steps) * 1e3,
+                     "formula_ms": statistics.median(formula) * 1e3,
+                     "formula_err": statistics.median(f / step_time(s) - 1 for f, s in zip(formula, steps)),
                      "bubble": statistics.median(bubble_measured(s) for s in steps),
-                     "theory": bubble_theory(p, first["m"]),
+                     "bubble_stages": statistics.median(sched),
+                     "theory": bubble_theory(p, m),
                      "held": [peak_held(stage_runs[-1]) for stage_runs in runs],
                      "peak_mib": [r[j]["peak_bytes"] / 2**20 if r[j]["peak_bytes"] is not None else None
                                   for r in per_rank],
@@ -81,7 +100,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{stage_bounds(cfg.n_layers, args.stages)}, micro-batch {args.micro_batch} x {args.seq_len} tokens")
     for r in rows:
         r["held"] = "/".join(map(str, r["held"]))
-    print(format_table(rows, ["schedule", "p", "m", "step_ms", "bubble", "theory", "held"]))
+    print(format_table(rows, ["schedule", "p", "m", "step_ms", "formula_ms", "formula_err", "bubble",
+                              "bubble_stages", "theory", "held"]))
     one_f_one_b = next(r for r in rows if r["schedule"] == "1f1b")
-    print("last line: the 1F1B run (held = peak micro-batches of activations per stage)")
+    print("formula = (m + p - 1)(t_F + t_B), slowest stage; bubble_stages = the schedule replayed with each stage's")
+    print("measured op times (imbalance, no communication); held = peak micro-batches of activations per stage")
+    print("last line: the 1F1B run")
     print(f"bubble_measured={one_f_one_b['bubble']:.4f} bubble_theory={one_f_one_b['theory']:.4f}")

@@ -42,11 +42,16 @@ def peak_held(events: list[Event]) -> int:
     return peak
 
 
-def simulate(schedule: str, n_stages: int, n_micro: int, t_forward: float = 1.0,
-             t_backward: float = 2.0) -> list[list[Event]]:
-    """The ideal timeline of a schedule: each op starts when its stage is free and its inputs exist."""
-    if t_forward <= 0 or t_backward <= 0:
-        raise ValueError(f"t_forward and t_backward must be > 0, got {t_forward} and {t_backward}")
+def simulate(schedule: str, n_stages: int, n_micro: int, t_forward: float | list[float] = 1.0,
+             t_backward: float | list[float] = 2.0) -> list[list[Event]]:
+    """The ideal timeline of a schedule: each op starts when its stage is free and its inputs exist.
+
+    ``t_forward`` / ``t_backward``: one time for every stage, or one per stage (measured stages differ)."""
+    t_f = [t_forward] * n_stages if isinstance(t_forward, (int, float)) else list(t_forward)
+    t_b = [t_backward] * n_stages if isinstance(t_backward, (int, float)) else list(t_backward)
+    if len(t_f) != n_stages or len(t_b) != n_stages or min(t_f + t_b) <= 0:
+        raise ValueError(f"t_forward and t_backward must be > 0, one value or one per stage ({n_stages}), "
+                         f"got {t_forward} and {t_backward}")
     orders = [schedule_order(schedule, s, n_stages, n_micro) for s in range(n_stages)]
     done: dict[tuple[str, int, int], float] = {}
     events: list[list[Event]] = [[] for _ in range(n_stages)]
@@ -63,7 +68,7 @@ def simulate(schedule: str, n_stages: int, n_micro: int, t_forward: float = 1.0,
             if dep is not None and dep not in done:
                 continue
             begin = max(free[s], done.get(dep, 0.0) if dep else 0.0)
-            free[s] = begin + (t_forward if kind == "F" else t_backward)
+            free[s] = begin + (t_f[s] if kind == "F" else t_b[s])
             done[(kind, s, i)] = free[s]
             events[s].append((kind, i, begin, free[s]))
             pos[s] += 1
