@@ -1,8 +1,9 @@
 """The raw communication ops of the pipeline and data-parallel code, kept apart so schedules read as schedules.
 
 Pipeline stages talk to their neighbours only: activations go forward (rank r -> r+1) and their
-gradients go back (r+1 -> r). Paired ops (send one way, receive the other) are posted together with
-``batch_isend_irecv`` so two neighbours that both send first cannot deadlock, as in 1F1B's steady state.
+gradients go back (r+1 -> r); ``StageLinks`` moves them for one stage's schedule. Paired ops (send
+one way, receive the other) are posted together with ``batch_isend_irecv`` so two neighbours that
+both send first cannot deadlock, as in 1F1B's steady state.
 
 ``torchrun --nproc-per-node 2 -m ctxlab.parallel.comms`` is a two-line check that a group forms.
 """
@@ -43,32 +44,66 @@ def wait_for_sends() -> None:
         work.wait()
 
 
-def recv_forward(like: tuple, rank: int) -> Tensor:
-    """Activation of the previous stage; ``like`` = (shape, dtype, device)."""
-    return _exchange(None, None, like, rank - 1)
+def post_recv(like: tuple, peer: int) -> tuple:
+    """Start receiving a tensor of ``like`` = (shape, dtype, device) from ``peer``; returns (work, tensor)."""
+    shape, dtype, device = like
+    received = torch.empty(shape, dtype=dtype, device=device)
+    return dist.irecv(received, peer), received
 
 
-def send_forward(activation: Tensor, rank: int) -> None:
-    _exchange(activation, rank + 1, None, None)
+def post_send(tensor: Tensor, peer: int) -> None:
+    """Start sending ``tensor`` to ``peer``; ``wait_for_sends`` finishes it."""
+    tensor = tensor.contiguous()
+    _unfinished_sends.append((dist.isend(tensor, peer), tensor))
 
 
-def recv_backward(like: tuple, rank: int) -> Tensor:
-    """Gradient of this stage's output, from the next stage."""
-    return _exchange(None, None, like, rank + 1)
+class StageLinks:
+    """The activations and gradients one pipeline stage receives and sends while it walks its schedule.
 
+    Op j of ``order`` takes its input from the previous stage (a forward) or the next (a backward),
+    except on the first and last stage. Two ways to move them:
 
-def send_backward(grad: Tensor, rank: int) -> None:
-    _exchange(grad, rank - 1, None, None)
+    * prefetch (gloo): op j + 1's receive is posted before op j computes. A gloo send waits until
+      the receiver has posted its receive, so posting it early lets the transfer run during compute.
+    * paired (NCCL, or ``prefetch=False``): a send and the next receive from the same neighbour go
+      out together in one ``batch_isend_irecv``. NCCL runs a pair's sends and receives in the order
+      posted, so two neighbours that both posted a receive first would wait on each other forever.
+    """
 
+    def __init__(self, order: list[tuple[str, int]], rank: int, is_first: bool, is_last: bool, like: tuple,
+                 prefetch: bool | None = None):
+        self.order, self.rank, self.is_first, self.is_last, self.like = order, rank, is_first, is_last, like
+        self.prefetch = dist.get_backend() == "gloo" if prefetch is None else prefetch
+        self.posted: dict[int, tuple] = {}  # op index -> (work or None when already received, tensor)
 
-def send_forward_recv_backward(activation: Tensor, like: tuple, rank: int) -> Tensor:
-    """1F1B steady state: hand the next stage an activation and take back a gradient in one exchange."""
-    return _exchange(activation, rank + 1, like, rank + 1)
+    def source(self, j: int) -> int | None:
+        """The rank op j receives from, or None (no such op, or its input is local)."""
+        if j >= len(self.order):
+            return None
+        if self.order[j][0] == "F":
+            return None if self.is_first else self.rank - 1
+        return None if self.is_last else self.rank + 1
 
+    def take(self, j: int) -> Tensor | None:
+        """The input op j needs from a neighbour (None if it needs none); waits for it."""
+        src = self.source(j)
+        if src is not None and j not in self.posted:
+            self.posted[j] = post_recv(self.like, src)
+        if self.prefetch and self.source(j + 1) is not None:
+            self.posted[j + 1] = post_recv(self.like, self.source(j + 1))
+        if src is None:
+            return None
+        work, tensor = self.posted.pop(j)
+        if work is not None:
+            work.wait()
+        return tensor
 
-def send_backward_recv_forward(grad: Tensor, like: tuple, rank: int) -> Tensor:
-    """1F1B steady state: hand the previous stage a gradient and take its next activation in one exchange."""
-    return _exchange(grad, rank - 1, like, rank - 1)
+    def give(self, j: int, tensor: Tensor, dest: int) -> None:
+        """Send op j's output to ``dest``; in paired mode, with op j + 1's receive when it comes from ``dest``."""
+        if not self.prefetch and self.source(j + 1) == dest and j + 1 not in self.posted:
+            self.posted[j + 1] = (None, _exchange(tensor, dest, self.like, dest))
+        else:
+            post_send(tensor, dest)
 
 
 def add_from_peer_(tensor: Tensor, peer: int) -> None:

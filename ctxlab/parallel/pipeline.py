@@ -112,21 +112,19 @@ class EventRecorder:
 
 
 def run_schedule(stage: Stage, order: list[tuple[str, int]], tokens: list[Tensor], targets: list[Tensor],
-                 hidden_like: tuple, rank: int, recorder: EventRecorder) -> float:
+                 hidden_like: tuple, rank: int, recorder: EventRecorder, prefetch: bool | None = None) -> float:
     """One training step over the micro-batches in ``order``; returns the summed loss on the last stage.
 
-    When a forward is followed by a backward (or the reverse), the send and the next receive are one
-    paired exchange, as neighbours in 1F1B's steady state send to each other at the same time.
+    Inputs from the neighbours and outputs to them go through ``comms.StageLinks``, which overlaps the
+    transfers with compute where the backend allows (``prefetch``: None lets it choose).
     """
     n_micro, inputs, outputs = len(tokens), {}, {}
-    next_input = next_grad = None
+    links = comms.StageLinks(order, rank, stage.is_first, stage.is_last, hidden_like, prefetch)
     loss_sum = 0.0
     for j, (kind, i) in enumerate(order):
-        then = order[j + 1][0] if j + 1 < len(order) else None
+        received = links.take(j)
         if kind == "F":
-            x = tokens[i] if stage.is_first else (next_input if next_input is not None
-                                                  else comms.recv_forward(hidden_like, rank).requires_grad_())
-            next_input = None
+            x = tokens[i] if stage.is_first else received.requires_grad_()
             start = time.perf_counter()
             y = stage(x)
             if stage.is_last:
@@ -135,23 +133,14 @@ def run_schedule(stage: Stage, order: list[tuple[str, int]], tokens: list[Tensor
             recorder.record("F", i, start)
             inputs[i], outputs[i] = x, y
             if not stage.is_last:
-                if then == "B":
-                    next_grad = comms.send_forward_recv_backward(y.detach(), hidden_like, rank)
-                else:
-                    comms.send_forward(y.detach(), rank)
+                links.give(j, y.detach(), rank + 1)
         else:
-            grad = None if stage.is_last else (next_grad if next_grad is not None
-                                               else comms.recv_backward(hidden_like, rank))
-            next_grad = None
             start = time.perf_counter()
-            torch.autograd.backward(outputs.pop(i), grad)
+            torch.autograd.backward(outputs.pop(i), received)
             recorder.record("B", i, start)
             x = inputs.pop(i)
             if not stage.is_first:
-                if then == "F":
-                    next_input = comms.send_backward_recv_forward(x.grad, hidden_like, rank).requires_grad_()
-                else:
-                    comms.send_backward(x.grad, rank)
+                links.give(j, x.grad, rank - 1)
     comms.wait_for_sends()
     return loss_sum
 
@@ -178,7 +167,7 @@ def check_step(cfg: ModelConfig, tokens: Tensor, targets: Tensor, n_stages: int,
 
 def pipeline_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor, targets: Tensor, n_micro: int,
                     schedule: str = "1f1b", steps: int = 1, seed: int = 0, impl: str = "ours",
-                    measure_memory: bool = False) -> dict:
+                    measure_memory: bool = False, prefetch: bool | None = None) -> dict:
     """One rank (= one stage) of ``steps`` pipeline training steps without an optimiser (the same step repeated).
 
     ``impl`` = "ours" (``run_schedule``) or "torch" (``torch.distributed.pipelining`` on the same split).
@@ -201,7 +190,7 @@ def pipeline_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor
     def one_step(recorder: EventRecorder) -> float:
         stage.zero_grad(set_to_none=True)
         if native is None:
-            return run_schedule(stage, order, tok_mbs, tgt_mbs, hidden_like, rank, recorder)
+            return run_schedule(stage, order, tok_mbs, tgt_mbs, hidden_like, rank, recorder, prefetch)
         return _run_torch_schedule(native, stage, tokens.to(device), targets.to(device))
 
     for step in range(steps):
@@ -269,9 +258,11 @@ pipeline_worker.check_args = _check_worker_args
 
 
 def schedules_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor, targets: Tensor,
-                     n_micro: int, impls: tuple[str, ...] = ("ours",), **kw) -> dict[str, dict]:
+                     n_micro: int, impls: tuple[str, ...] = ("ours",), prefetch: bool | None = None,
+                     **kw) -> dict[str, dict]:
     """Both schedules (and implementations) in one process group: one launch, or one torchrun, for all."""
-    return {f"{name}/{impl}": pipeline_worker(rank, world_size, cfg, tokens, targets, n_micro, name, impl=impl, **kw)
+    return {f"{name}/{impl}": pipeline_worker(rank, world_size, cfg, tokens, targets, n_micro, name, impl=impl,
+                                              prefetch=prefetch, **kw)
             for impl in impls for name in SCHEDULES}
 
 
