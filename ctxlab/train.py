@@ -200,6 +200,7 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
     _check(sync is None or accum == 1, "accum", "1 with a data-parallel model (its hooks reduce every backward)",
            accum)
     writer = sync is None or not dist.is_initialized() or dist.get_rank() == 0
+    bare = getattr(model, "module", model)  # checkpoints hold the wrapped model's own names: runs resume either way
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     opt = make_optimizer(model, lr, weight_decay, optimizer)
@@ -210,7 +211,7 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
         if not Path(checkpoint_path).exists():
             raise FileNotFoundError(f"resume=True but no checkpoint at checkpoint_path={str(checkpoint_path)!r}")
         state = load_checkpoint(checkpoint_path)
-        model.load_state_dict(state["model"])
+        bare.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         result = TrainResult(**state["history"])
         monitor.load_state_dict(state["monitor"])
@@ -224,7 +225,7 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
         if not writer:
             return
         save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+            "model": bare.state_dict(), "optimizer": opt.state_dict(), "step": step,
             "schedule": {"lr": lr, "warmup": warmup, "steps": steps, "min_lr_ratio": min_lr_ratio},
             "history": result.to_dict(), "monitor": monitor.state_dict(), "rng": _rng_state()})
 

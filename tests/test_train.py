@@ -116,6 +116,28 @@ def test_crash_then_resume_gives_bit_identical_losses(tmp_path):
     assert resumed.grad_norms == reference.grad_norms and resumed.steps_done == 6
 
 
+class Wrapper(torch.nn.Module):
+    """Holds a model as ``.module``, as data-parallel wrappers do."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        return self.module(*args)
+
+
+def test_a_wrapped_model_checkpoints_its_own_names_and_resumes_unwrapped(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    get = copy_batches()
+    reference = train(tiny_model(), get, steps=4, lr=3e-3, seed=7)
+    train(Wrapper(tiny_model()), get, steps=4, lr=3e-3, seed=7, checkpoint_path=ckpt, checkpoint_every=2)
+    saved = load_checkpoint(ckpt)["model"]
+    assert set(saved) == set(tiny_model().state_dict())  # no "module." prefix
+    resumed = train(tiny_model(seed=5), get, steps=4, lr=3e-3, seed=7, checkpoint_path=ckpt, resume=True)
+    assert resumed.losses == reference.losses
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
