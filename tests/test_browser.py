@@ -321,12 +321,14 @@ HANDLE = """((i) => {
 
 
 def handle_position(tab: Tab, i: int, timeout: float = 10.0) -> list[float]:
-    """Where slider i's handle is, once the layout has settled so that a press there lands on it."""
-    deadline = time.monotonic() + timeout
+    """Where slider i's handle is, once the layout has settled so that a press there lands on it: the handle
+    is on top at that point and two readings 0.2 s apart agree (images loading above would move it)."""
+    deadline, previous = time.monotonic() + timeout, None
     while True:
         where = tab.page.evaluate(f"{HANDLE}({i})")
-        if where["hits"]:
+        if where["hits"] and where["point"] == previous:
             return where["point"]
+        previous = where["point"] if where["hits"] else None
         assert time.monotonic() < deadline, f"slider {i}: its handle stays covered or moving"
         time.sleep(0.2)
 
