@@ -126,7 +126,7 @@ def serving_latency(device: str, dtype: torch.dtype, lengths: list[int], decode_
     from .model import GPT
 
     torch.manual_seed(0)
-    cfg = extended_config(Settings(), max(lengths) + decode_tokens).replace(max_seq_len=max(lengths) + decode_tokens)
+    cfg = extended_config(Settings(), max(lengths) + decode_tokens)
     model = GPT(cfg).to(device=device, dtype=dtype).eval()
     prompt = torch.randint(cfg.vocab_size, (1, max(lengths)), device=device)
     return context_latency(model, prompt, lengths, decode_tokens)

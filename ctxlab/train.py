@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .clipping import STRATEGIES, GradNormMonitor, make_clipper
+from .parallel.launch import rank_device
 
 BatchFn = Callable[[int], "tuple[Tensor, Tensor]"]
 ClipArg = Union[None, float, str, Callable[[list], object]]
@@ -140,24 +141,18 @@ def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _global_mean(x: float) -> float:
-    """Mean of a number over the ranks of the default group (each rank's loss is over its slice)."""
-    t = torch.tensor([x], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+def _sum_over_ranks(x: float) -> float:
+    """x summed over the ranks of the default group (a number per rank; each rank's loss is over its slice)."""
+    t = torch.tensor([x], dtype=torch.float64, device=rank_device())
     dist.all_reduce(t)
-    return t.item() / dist.get_world_size()
+    return t.item()
 
 
 def _token_share(targets: Tensor, ignore_index: int = -100) -> float:
     """world size x this rank's share of the counted targets: scales a rank's mean loss so that averaging
     the ranks' gradients gives the gradient of the global batch's mean (masked targets differ per slice)."""
-    counts = torch.tensor([(targets != ignore_index).sum().item()], dtype=torch.float64)
-    local = counts.item()
-    if dist.get_backend() == "nccl":
-        counts = counts.cuda()
-    dist.all_reduce(counts)
-    return local * dist.get_world_size() / max(counts.item(), 1.0)
+    local = float((targets != ignore_index).sum())
+    return local * dist.get_world_size() / max(_sum_over_ranks(local), 1.0)
 
 
 def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, warmup: int = 0,
@@ -247,7 +242,7 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
             loss_sum += loss.item()
         if sync is not None:
             sync()
-            loss_sum = _global_mean(loss_sum)
+            loss_sum = _sum_over_ranks(loss_sum) / dist.get_world_size()
         grad_norm = monitor.observe(model, clip_fn)
         opt.step()
         opt.zero_grad(set_to_none=True)
