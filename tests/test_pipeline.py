@@ -43,6 +43,20 @@ def test_schedules_equal_single_process_and_torch_pipelining(stages, impls):
     assert [r["1f1b/ours"]["peak_held"] for r in per_rank] == [min(stages - s, 3) for s in range(stages)]
 
 
+def test_ignored_targets_and_unsplittable_configs():
+    """Micro-batches that score different numbers of targets still add up to the batch mean."""
+    x, y = batch()
+    y = y.clone()
+    y[:2, 3:] = -100  # the first micro-batch scores far fewer targets than the others
+    ref = single_process_step(CFG, x, y)
+    per_rank = launch(schedules_worker, 2, CFG, x, y, 3, ("ours",), timeout=180)
+    for name in SCHEDULES:
+        assert_matches_single_process(per_rank, ref, f"{name}/ours")
+    for change in (dict(share_layers=True), dict(position_encoding="alibi"), dict(checkpoint_every=1)):
+        with pytest.raises(ValueError, match=f"cfg.{next(iter(change))}"):
+            check_step(CFG.replace(**change), x, y, 2, 3)
+
+
 def test_paired_exchanges_the_nccl_path_are_exact_too():
     """gloo prefetches receives; NCCL pairs each send with the next receive. Both must give the same step."""
     x, y = batch()

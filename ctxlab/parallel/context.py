@@ -27,10 +27,11 @@ RING_BACKEND = "ring"
 
 
 def _ring_backend(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None, *,
-                  group: dist.ProcessGroup | None, zigzag: bool) -> Tensor:
+                  group: dist.ProcessGroup | None, zigzag: bool, checked: list[bool]) -> Tensor:
     if mask is not None:
         raise ValueError("ring attention takes no explicit mask (only causal=True/False)")
-    return ring_attention(q, k, v, causal=causal, zigzag=zigzag, group=group)
+    check, checked[0] = not checked[0], True  # ranks agree once per block (one all_gather), not at every layer
+    return ring_attention(q, k, v, causal=causal, zigzag=zigzag, group=group, check=check)
 
 
 @contextmanager
@@ -47,7 +48,7 @@ def context_parallel(model: nn.Module, group: dist.ProcessGroup | None = None, z
     if RING_BACKEND in BACKENDS:
         raise RuntimeError("context_parallel blocks cannot be nested")
     previous = cfg.attention
-    BACKENDS[RING_BACKEND] = partial(_ring_backend, group=group, zigzag=zigzag)
+    BACKENDS[RING_BACKEND] = partial(_ring_backend, group=group, zigzag=zigzag, checked=[False])
     cfg.attention = RING_BACKEND
     try:
         yield

@@ -73,6 +73,7 @@ class DataParallel(nn.Module):
                 q.grad.copy_(flat[offset: offset + q.numel()].view_as(q))
                 offset += q.numel()
         self._in_flight, self._ready = [], [0] * len(self.buckets)
+        self.launch_times = []  # it describes one step: read it before this call
 
 
 def split_batch(tokens: Tensor, rank: int, world_size: int) -> Tensor:
@@ -143,7 +144,6 @@ def ddp_train_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tenso
         backward_end = time.perf_counter()
         if impl == "ours":
             overlapped = sum(t < backward_end for t in model.launch_times)
-            model.launch_times.clear()
             model.finish_gradient_sync()
         if step == 0:
             grads = {n: p.grad.detach().cpu().clone() for n, p in params.named_parameters()}

@@ -77,9 +77,11 @@ class Stage(nn.Module):
         return self.embed.weight if self.is_first else (self.head.weight if self.is_last else None)
 
 
-def microbatch_loss(logits: Tensor, targets: Tensor, n_micro: int) -> Tensor:
-    """Mean cross-entropy of one micro-batch divided by m: the m losses sum to the whole batch's mean."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)) / n_micro
+def microbatch_loss(logits: Tensor, targets: Tensor, n_counted: Tensor | int) -> Tensor:
+    """Summed cross-entropy of one micro-batch over the whole batch's ``n_counted`` scored targets: the m
+    losses add up to the batch's mean even when micro-batches score different numbers of targets."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100,
+                           reduction="sum") / n_counted
 
 
 def schedule_order(schedule: str, stage: int, n_stages: int, n_micro: int) -> list[tuple[str, int]]:
@@ -118,7 +120,8 @@ def run_schedule(stage: Stage, order: list[tuple[str, int]], tokens: list[Tensor
     Inputs from the neighbours and outputs to them go through ``comms.StageLinks``, which overlaps the
     transfers with compute where the backend allows (``prefetch``: None lets it choose).
     """
-    n_micro, inputs, outputs = len(tokens), {}, {}
+    inputs, outputs = {}, {}
+    n_counted = sum(int((t != -100).sum()) for t in targets) or 1  # every stage holds all the targets
     links = comms.StageLinks(order, rank, stage.is_first, stage.is_last, hidden_like, prefetch)
     loss_sum = 0.0
     for j, (kind, i) in enumerate(order):
@@ -128,7 +131,7 @@ def run_schedule(stage: Stage, order: list[tuple[str, int]], tokens: list[Tensor
             start = time.perf_counter()
             y = stage(x)
             if stage.is_last:
-                y = microbatch_loss(y, targets[i], n_micro)
+                y = microbatch_loss(y, targets[i], n_counted)
                 loss_sum += y.item()
             recorder.record("F", i, start)
             inputs[i], outputs[i] = x, y
@@ -157,6 +160,11 @@ def check_step(cfg: ModelConfig, tokens: Tensor, targets: Tensor, n_stages: int,
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
     stage_bounds(cfg.n_layers, n_stages)
+    plain = {"share_layers": False, "position_encoding": "rope", "checkpoint_every": 0}
+    for name, allowed in plain.items():
+        value = getattr(cfg, name)
+        if value != allowed:  # a Stage runs its own slice of blocks with RoPE and keeps every activation
+            raise ValueError(f"cfg.{name} must be {allowed!r} for pipeline stages, got {value!r}")
     if tokens.dim() != 2 or tokens.shape != targets.shape:
         raise ValueError(f"tokens and targets must be equal (batch, time) tensors, got {tuple(tokens.shape)} "
                          f"and {tuple(targets.shape)}")
@@ -185,7 +193,8 @@ def pipeline_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor
     hidden_like = ((tok_mbs[0].shape[0], tokens.shape[1], cfg.d_model), torch.float32, device)
     order = schedule_order(schedule, rank, world_size, n_micro)
     runs, loss, grads, peak_bytes = [], None, {}, None
-    native = _torch_schedule(stage, rank, world_size, n_micro, schedule, device) if impl == "torch" else None
+    native = _torch_schedule(stage, rank, world_size, n_micro, schedule, device,
+                             int((targets != -100).sum()) or 1) if impl == "torch" else None
 
     def one_step(recorder: EventRecorder) -> float:
         stage.zero_grad(set_to_none=True)
@@ -207,7 +216,7 @@ def pipeline_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor
             "peak_held": recorder.peak_held, "peak_bytes": peak_bytes}
 
 
-def _torch_schedule(stage: Stage, rank: int, n_stages: int, n_micro: int, schedule: str, device):
+def _torch_schedule(stage: Stage, rank: int, n_stages: int, n_micro: int, schedule: str, device, n_counted: int):
     import inspect
 
     from torch.distributed import pipelining
@@ -215,7 +224,7 @@ def _torch_schedule(stage: Stage, rank: int, n_stages: int, n_micro: int, schedu
     kind = {"gpipe": pipelining.ScheduleGPipe, "1f1b": pipelining.Schedule1F1B}[schedule]
     pstage = pipelining.PipelineStage(stage, rank, n_stages, device)
     kw = {"scale_grads": False} if "scale_grads" in inspect.signature(kind).parameters else {}
-    return kind(pstage, n_microbatches=n_micro, loss_fn=lambda out, tgt: microbatch_loss(out, tgt, n_micro), **kw)
+    return kind(pstage, n_microbatches=n_micro, loss_fn=lambda out, tgt: microbatch_loss(out, tgt, n_counted), **kw)
 
 
 def _run_torch_schedule(native, stage: Stage, tokens: Tensor, targets: Tensor) -> float:
