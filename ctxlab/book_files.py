@@ -2,16 +2,17 @@
 
 In a clone they sit under ``book/``. A notebook opened on its own (on Colab, say) has only the
 installed package, so the files it names are downloaded from the book's repository into a cache
-folder the first time, each written to a temporary name and renamed (never half a file).
+folder the first time, each written atomically (``atomic.atomic_write``: never half a file).
 """
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Sequence
+
+from .atomic import atomic_write
 
 REPOSITORY_RAW = "https://raw.githubusercontent.com/ctxlab/ctxlab/main/book"
 CHECKOUT_BOOK = Path(__file__).resolve().parents[1] / "book"
@@ -38,13 +39,10 @@ def book_folder(relative: str, files: Sequence[str], base_url: str = REPOSITORY_
         if target.is_file():
             continue
         url = f"{base_url.rstrip('/')}/{relative.strip('/')}/{name}"
-        fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=".tmp", dir=folder)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-                shutil.copyfileobj(response, out)
-            os.replace(tmp, target)
+            with urllib.request.urlopen(url, timeout=60) as response:
+                atomic_write(target, lambda f: shutil.copyfileobj(response, f))
         except OSError as err:
-            Path(tmp).unlink(missing_ok=True)
             raise FileNotFoundError(f"book/{relative}/{name} is neither here nor in a checkout, and fetching "
                                     f"{url} failed: {err}") from err
     return folder

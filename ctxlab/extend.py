@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .atomic import write_json
 from .config import ModelConfig
 from .data import VOCAB_SIZE, passkey_batch, passkey_batches
 from .model import GPT
@@ -51,8 +52,10 @@ def with_positions(cfg: ModelConfig, seq_len: int, scaling: str = "none", scale:
 
 
 def save_model(path: Path, model: GPT, meta: dict) -> None:
+    """Weights and config at ``path``, ``meta`` beside it as JSON; the JSON first, so a ``.pt`` on disk
+    always has its record (both writes are atomic)."""
+    write_json(path.with_suffix(".json"), meta, indent=2)
     save_checkpoint(path, {"config": asdict(model.cfg), "model": model.state_dict(), "meta": meta})
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def load_model(path: str | Path, cfg: ModelConfig | None = None, device: str = "cpu") -> GPT:
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     log = json.loads(runs.read_text()) if runs.exists() else []
     log.append({"command": command, "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1),
                 "torch": torch.__version__, "device": args.device})
-    runs.write_text(json.dumps(log, indent=2) + "\n")
+    write_json(runs, log, indent=2)
     _log(f"done in {math.ceil(time.perf_counter() - t0)} s; command and seeds recorded in {runs}")
 
 

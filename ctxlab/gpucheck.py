@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
-import tempfile
 import time
 import traceback
 from typing import Callable
 
 import torch
 
+from .atomic import write_json
 from .bench import median_ms, run_point
 from .bench.attention import attention_point
 from .gpucheck_parallel import parallel_checks
@@ -188,18 +187,8 @@ def run(out: str, dry_run: bool = False, only: list[str] | None = None) -> dict:
             value, error = None, "".join(traceback.format_exception_only(type(err), err)).strip()
         result["sections"][name] = {"value": value, "error": error, "seconds": time.perf_counter() - t0}
         print(f"[gpucheck] {name}: {'ok' if error is None else error} ({time.perf_counter() - t0:.1f} s)", flush=True)
-    write_json_atomic(out, result)
+    write_json(out, result)
     return result
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    """Temporary file + rename, so an interrupted run never leaves half a JSON."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)
 
 
 def validate(data: dict) -> None:

@@ -13,7 +13,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Union
@@ -23,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .atomic import atomic_write
 from .clipping import STRATEGIES, GradNormMonitor, make_clipper
 from .parallel.launch import rank_device
 
@@ -111,20 +111,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write ``state`` to a temporary file beside ``path``, then rename it over ``path`` (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``state`` with ``torch.save`` atomically (``atomic.atomic_write``)."""
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -243,7 +231,7 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
         if sync is not None:
             sync()
             loss_sum = _sum_over_ranks(loss_sum) / dist.get_world_size()
-        grad_norm = monitor.observe(model, clip_fn)
+        grad_norm = monitor.observe(bare, clip_fn)
         opt.step()
         opt.zero_grad(set_to_none=True)
         result.losses.append(loss_sum / accum)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention import BACKENDS
 from ..config import ModelConfig
 from ..dialogue import DialogueSpec, dialogue_batch, min_length
 from ..extend import with_positions
@@ -60,7 +61,7 @@ def check_settings(s: Settings) -> None:
     need(s.factor >= 2, "factor", "an int >= 2 (the extension multiplies the context)")
     need(s.lr > 0 and s.finetune_lr > 0 and s.clip > 0, "lr", "positive, with finetune_lr and clip positive")
     need(s.scaling in STATIC_SCALINGS, "scaling", f"one of {STATIC_SCALINGS}")
-    need(s.attention in ("sdpa", "chunked", "naive"), "attention", "one of ('sdpa', 'chunked', 'naive')")
+    need(s.attention in BACKENDS, "attention", f"one of {tuple(BACKENDS)}")
     need(isinstance(s.recompute_every, int) and s.recompute_every >= 0, "recompute_every", "an int >= 0")
     need(len(s.latency_lens) >= 2 and all(isinstance(n, int) and n >= 8 for n in s.latency_lens)
          and list(s.latency_lens) == sorted(set(s.latency_lens)), "latency_lens",

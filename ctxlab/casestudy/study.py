@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from ..atomic import write_json
 from ..dialogue import answer_accuracy, dialogue_batch
 from ..extend import load_model, save_model
 from ..latency import context_latency
@@ -56,16 +56,6 @@ def far_accuracy(rows: list[dict], train_len: int) -> float:
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Temporary file, fsync, rename: a reader never sees half a results file."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent=1) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def train_stage(s: Settings, out: Path, name: str, device: str, scaling: str = "none",
@@ -113,7 +103,7 @@ def train_stage_worker(rank: int, world_size: int, s: Settings, out: Path, name:
     model.cfg = model.cfg.replace(checkpoint_every=0, attention="sdpa")  # inference-time options, same weights
     meta = {"what": name, "seq_len": seq_len, "steps": steps, "lr": lr, "batch": batch, "scaling": scaling,
             "attention": "sdpa" if base else s.attention, "recompute_every": 0 if base else s.recompute_every,
-            "final_loss": hist.losses[-1], "clipped_fraction": sum(hist.clipped) / len(hist.clipped),
+            "final_loss": hist.losses[-1], "clipped_fraction": hist.clipped_fraction,
             "seconds_this_run": round(time.perf_counter() - t0, 1), "resumed": resume, "seed": s.seed,
             "device": device if world_size == 1 else str(device).split(":")[0], "data_parallel": world_size}
     if rank == 0:
