@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .config import ModelConfig
+from .model import GPT
 
 
 def kv_cache_bytes_per_token(cfg: ModelConfig, bytes_per_element: int = 4) -> int:
@@ -44,6 +45,19 @@ class ContiguousKVCache:
     def nbytes(self) -> int:
         """Bytes reserved by the cache (what it costs whether or not the positions are used)."""
         return self.k.nbytes + self.v.nbytes
+
+
+def filled_cache_bytes(cfg: ModelConfig, n_tokens: int, seed: int = 0) -> int:
+    """Bytes a contiguous cache really holds after a model of ``cfg`` prefilled ``n_tokens`` tokens into it:
+    the measurement that ``kv_cache_bytes_per_token`` is checked against."""
+    torch.manual_seed(seed)
+    model = GPT(cfg).eval()
+    cache = ContiguousKVCache(cfg, batch_size=1, max_len=n_tokens)
+    with torch.no_grad():
+        model(torch.randint(0, cfg.vocab_size, (1, n_tokens)), cache=cache)
+    if cache.seq_len != n_tokens:
+        raise RuntimeError(f"the cache holds {cache.seq_len} tokens after a prefill of {n_tokens}")
+    return cache.nbytes()
 
 
 class BlockAllocator:

@@ -75,3 +75,12 @@ def test_fragmentation_report():
         fragmentation_report(cfg, [65], max_len=64)
     with pytest.raises(ValueError, match="lengths"):
         fragmentation_report(cfg, [], max_len=64)
+
+
+def test_a_filled_cache_holds_what_the_formula_says():
+    from ctxlab import ModelConfig, kv_cache_bytes_per_token
+    from ctxlab.kvcache import filled_cache_bytes
+
+    for kv in (4, 2, 1):
+        cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=kv, max_seq_len=64)
+        assert filled_cache_bytes(cfg, 48) == kv_cache_bytes_per_token(cfg) * 48
