@@ -142,10 +142,12 @@ def work_heatmaps(works: dict[str, list[list[int]]]):
 
 
 def pipeline_gantt(ax, events_by_stage: list, title: str, scale: float = 1e3, unit: str = "ms") -> None:
-    """One row per stage, a bar per forward (blue) and backward (orange) labelled with its micro-batch."""
+    """One row per stage, a bar per forward (blue) and backward (orange) labelled with its micro-batch;
+    time runs from the step's first start."""
     colors = {"F": "C0", "B": "C1"}
+    first = min(e[2] for events in events_by_stage for e in events)
     for stage, events in enumerate(events_by_stage):
-        for kind, mb, start, end in events:
+        for kind, mb, start, end in ((k, i, a - first, b - first) for k, i, a, b in events):
             ax.broken_barh([(start * scale, (end - start) * scale)], (stage - 0.4, 0.8), color=colors[kind],
                            edgecolor="white", linewidth=0.5)
             ax.text((start + end) / 2 * scale, stage, str(mb), ha="center", va="center", fontsize=7, color="white")

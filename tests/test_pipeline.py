@@ -10,7 +10,7 @@ import torch
 from ctxlab import ModelConfig
 from ctxlab.bench.pipeline import main, run
 from ctxlab.parallel import launch
-from ctxlab.parallel.bubble import bubble_measured, bubble_theory, peak_held, simulate
+from ctxlab.parallel.bubble import bubble_measured, bubble_theory, peak_held, replay, simulate
 from ctxlab.parallel.pipeline import (SCHEDULES, check_step, merge_grads, schedule_order, schedules_worker,
                                       single_process_step, stage_bounds)
 
@@ -41,6 +41,23 @@ def test_schedules_equal_single_process_and_torch_pipelining(stages, impls):
             assert_matches_single_process(per_rank, ref, f"{name}/{impl}")
     assert [r["gpipe/ours"]["peak_held"] for r in per_rank] == [3] * stages
     assert [r["1f1b/ours"]["peak_held"] for r in per_rank] == [min(stages - s, 3) for s in range(stages)]
+    for name in SCHEDULES:
+        assert_events_are_causal([r[f"{name}/ours"]["runs"][0] for r in per_rank])
+
+
+def assert_events_are_causal(events_by_stage):
+    """On one clock, an op starts after the op whose output it needs has ended on the neighbouring stage,
+    and replaying the recorded durations with nothing between ops can only end sooner."""
+    end = {(kind, s, i): e for s, ev in enumerate(events_by_stage) for kind, i, _, e in ev}
+    for s, ev in enumerate(events_by_stage):
+        for kind, i, start, _ in ev:
+            needed = ("F", s - 1, i) if kind == "F" else ("B", s + 1, i)
+            assert needed not in end or start >= end[needed], (kind, s, i, start, end[needed])
+    n_micro = sum(kind == "F" for kind, *_ in events_by_stage[0])
+    for name in SCHEDULES:
+        if [[e[:2] for e in ev] for ev in events_by_stage] == [schedule_order(name, s, len(events_by_stage), n_micro)
+                                                               for s in range(len(events_by_stage))]:
+            assert bubble_measured(replay(name, events_by_stage)) <= bubble_measured(events_by_stage) + 1e-12
 
 
 def test_ignored_targets_and_unsplittable_configs():
@@ -76,6 +93,18 @@ def test_the_ideal_timeline_has_the_textbook_bubble_and_memory():
     assert schedule_order("1f1b", 0, 2, 3) == [("F", 0), ("F", 1), ("B", 0), ("F", 2), ("B", 1), ("B", 2)]
 
 
+def test_replaying_recorded_durations():
+    """An ideal timeline replays to itself; a run with a gap between two ops replays without it."""
+    ideal = simulate("1f1b", 3, 5, [1.0, 1.5, 1.0], [2.0, 2.5, 2.0])
+    assert replay("1f1b", ideal) == ideal
+    late = lambda s, k, i: 0.0 if (s, k, i) == (0, "F", 0) else 0.5  # noqa: E731  (a slow first transfer)
+    delayed = [[(k, i, a + late(s, k, i), b + late(s, k, i)) for k, i, a, b in ev] for s, ev in enumerate(ideal)]
+    assert bubble_measured(replay("1f1b", delayed)) == pytest.approx(bubble_measured(ideal))
+    assert bubble_measured(delayed) > bubble_measured(ideal)
+    with pytest.raises(ValueError, match="one F and one B"):
+        replay("1f1b", [ev[:-1] for ev in ideal])
+
+
 def test_a_slower_last_stage_lengthens_the_step_and_the_bubble():
     """1F1B, p = 2, m = 2, worked by hand: with stage 1 slower (f1, b1) the step is f0 + b0 + 2 (f1 + b1)."""
     f0, b0, f1, b1 = 1.0, 2.0, 1.5, 3.0
@@ -96,6 +125,8 @@ def test_bench_measures_memory_and_its_cli_prints_the_bubble_last(capsys):
     assert by["1f1b"]["peak_mib"][0] < by["gpipe"]["peak_mib"][0]  # 2 micro-batches held instead of 4
     assert all(0 <= r["bubble"] < 1 and r["theory"] == pytest.approx(1 / 5) for r in rows)
     assert all(0 <= r["bubble_stages"] < 1 and r["formula_ms"] > 0 for r in rows)
+    assert all(r["bubble_q1"] <= r["bubble"] <= r["bubble_q3"] and r["bubble_ops"] <= r["bubble"] + 1e-12
+               for r in rows)
     main(["--stages", "2", "--microbatches", "2", "--steps", "2", "--seq-len", "16", "--micro-batch", "1"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("bubble_measured=") and last.endswith("bubble_theory=0.3333"), last

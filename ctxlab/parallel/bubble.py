@@ -3,13 +3,16 @@
 With p stages of equal time and m micro-batches, one step lasts (m + p - 1) time units of a stage and
 each stage is busy m of them, so the idle share is (p - 1) / (m + p - 1) (Huang et al. 2019) for GPipe
 and 1F1B alike. ``simulate`` replays a schedule's per-stage order with fixed forward/backward times and
-the only dependencies that exist (F needs the previous stage's F, B needs the next stage's B).
+the only dependencies that exist (F needs the previous stage's F, B needs the next stage's B);
+``replay`` does the same with the durations a real run recorded, so a measured bubble splits into
+what the op times alone imply and what the run lost between ops (transfers, waking up, bookkeeping).
 """
 from __future__ import annotations
 
-from .pipeline import schedule_order
+from typing import Callable
 
-Event = tuple[str, int, float, float]  # kind ("F"/"B"), micro-batch, start, end
+from .events import Event, peak_held  # noqa: F401  (peak_held: the bubble's companion figure)
+from .pipeline import schedule_order
 
 
 def bubble_theory(n_stages: int, n_micro: int) -> float:
@@ -33,15 +36,6 @@ def step_time(events_by_stage: list[list[Event]]) -> float:
     return max(e[3] for ev in events_by_stage for e in ev) - min(e[2] for ev in events_by_stage for e in ev)
 
 
-def peak_held(events: list[Event]) -> int:
-    """Most micro-batches whose forward ran and backward has not: activations alive at once on a stage."""
-    held = peak = 0
-    for kind, *_ in sorted(events, key=lambda e: e[2]):
-        held += 1 if kind == "F" else -1
-        peak = max(peak, held)
-    return peak
-
-
 def simulate(schedule: str, n_stages: int, n_micro: int, t_forward: float | list[float] = 1.0,
              t_backward: float | list[float] = 2.0) -> list[list[Event]]:
     """The ideal timeline of a schedule: each op starts when its stage is free and its inputs exist.
@@ -52,6 +46,24 @@ def simulate(schedule: str, n_stages: int, n_micro: int, t_forward: float | list
     if len(t_f) != n_stages or len(t_b) != n_stages or min(t_f + t_b) <= 0:
         raise ValueError(f"t_forward and t_backward must be > 0, one value or one per stage ({n_stages}), "
                          f"got {t_forward} and {t_backward}")
+    return _timeline(schedule, n_stages, n_micro, lambda kind, s, i: t_f[s] if kind == "F" else t_b[s])
+
+
+def replay(schedule: str, events_by_stage: list[list[Event]]) -> list[list[Event]]:
+    """The schedule run again with every op's own recorded duration and nothing between ops.
+
+    Each op starts as early as its inputs and its stage allow, so the replay never ends later than the
+    run it came from: its bubble is what the op times alone imply, the rest is time lost between ops."""
+    n_stages = len(events_by_stage)
+    duration = {(kind, s, i): end - start for s, ev in enumerate(events_by_stage) for kind, i, start, end in ev}
+    n_micro = sum(1 for kind, *_ in events_by_stage[0] if kind == "F")
+    if len(duration) != 2 * n_stages * n_micro:
+        raise ValueError(f"events_by_stage must hold one F and one B per micro-batch on each of {n_stages} stages")
+    return _timeline(schedule, n_stages, n_micro, lambda kind, s, i: duration[(kind, s, i)])
+
+
+def _timeline(schedule: str, n_stages: int, n_micro: int,
+              duration: Callable[[str, int, int], float]) -> list[list[Event]]:
     orders = [schedule_order(schedule, s, n_stages, n_micro) for s in range(n_stages)]
     done: dict[tuple[str, int, int], float] = {}
     events: list[list[Event]] = [[] for _ in range(n_stages)]
@@ -68,7 +80,7 @@ def simulate(schedule: str, n_stages: int, n_micro: int, t_forward: float | list
             if dep is not None and dep not in done:
                 continue
             begin = max(free[s], done.get(dep, 0.0) if dep else 0.0)
-            free[s] = begin + (t_f[s] if kind == "F" else t_b[s])
+            free[s] = begin + duration(kind, s, i)
             done[(kind, s, i)] = free[s]
             events[s].append((kind, i, begin, free[s]))
             pos[s] += 1

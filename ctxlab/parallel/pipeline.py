@@ -14,7 +14,6 @@ with unit times to draw the ideal timeline. Run with ``torchrun --nproc-per-node
 from __future__ import annotations
 
 import copy
-import time
 
 import torch
 import torch.distributed as dist
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..model import GPT
 from . import comms
+from .events import EventRecorder, clock_origin, peak_held
 from .launch import rank_device
 
 SCHEDULES = ("gpipe", "1f1b")
@@ -97,22 +97,6 @@ def schedule_order(schedule: str, stage: int, n_stages: int, n_micro: int) -> li
     return order + [("B", i) for i in range(n_micro - warmup, n_micro)]
 
 
-class EventRecorder:
-    """Start/end (seconds from a common barrier) of every forward and backward, and activations held."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, int, float, float]] = []
-        self.held = self.peak_held = 0
-        if dist.is_initialized():
-            dist.barrier()
-        self.t0 = time.perf_counter()
-
-    def record(self, kind: str, mb: int, start: float) -> None:
-        self.events.append((kind, mb, start - self.t0, time.perf_counter() - self.t0))
-        self.held += 1 if kind == "F" else -1
-        self.peak_held = max(self.peak_held, self.held)
-
-
 def run_schedule(stage: Stage, order: list[tuple[str, int]], tokens: list[Tensor], targets: list[Tensor],
                  hidden_like: tuple, rank: int, recorder: EventRecorder, prefetch: bool | None = None) -> float:
     """One training step over the micro-batches in ``order``; returns the summed loss on the last stage.
@@ -123,29 +107,29 @@ def run_schedule(stage: Stage, order: list[tuple[str, int]], tokens: list[Tensor
     inputs, outputs = {}, {}
     n_counted = sum(int((t != -100).sum()) for t in targets) or 1  # every stage holds all the targets
     links = comms.StageLinks(order, rank, stage.is_first, stage.is_last, hidden_like, prefetch)
-    loss_sum = 0.0
+    losses = []
     for j, (kind, i) in enumerate(order):
         received = links.take(j)
         if kind == "F":
             x = tokens[i] if stage.is_first else received.requires_grad_()
-            start = time.perf_counter()
+            start = recorder.now()
             y = stage(x)
             if stage.is_last:
                 y = microbatch_loss(y, targets[i], n_counted)
-                loss_sum += y.item()
+                losses.append(y.detach())
             recorder.record("F", i, start)
             inputs[i], outputs[i] = x, y
             if not stage.is_last:
                 links.give(j, y.detach(), rank + 1)
         else:
-            start = time.perf_counter()
+            start = recorder.now()
             torch.autograd.backward(outputs.pop(i), received)
             recorder.record("B", i, start)
             x = inputs.pop(i)
             if not stage.is_first:
                 links.give(j, x.grad, rank - 1)
     comms.wait_for_sends()
-    return loss_sum
+    return float(torch.stack(losses).sum()) if losses else 0.0  # one device sync per step
 
 
 def sync_tied_grad(stage: Stage, rank: int, n_stages: int) -> None:
@@ -202,8 +186,9 @@ def pipeline_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor
             return run_schedule(stage, order, tok_mbs, tgt_mbs, hidden_like, rank, recorder, prefetch)
         return _run_torch_schedule(native, stage, tokens.to(device), targets.to(device))
 
+    origin = clock_origin()
     for step in range(steps):
-        recorder = EventRecorder()
+        recorder = EventRecorder(origin, device)
         loss = one_step(recorder)
         runs.append(recorder.events)
         sync_tied_grad(stage, rank, world_size)
@@ -211,9 +196,9 @@ def pipeline_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor
             grads = {stage.full_name(n): p.grad.detach().cpu().clone() for n, p in stage.named_parameters()}
     if measure_memory:  # one more step under the tracker, kept out of the timed runs
         from ..memory import measure_peak
-        peak_bytes = measure_peak(lambda: one_step(EventRecorder()), device)
+        peak_bytes = measure_peak(lambda: one_step(EventRecorder(origin, device)), device)
     return {"rank": rank, "loss": loss if stage.is_last else None, "grads": grads, "runs": runs,
-            "peak_held": recorder.peak_held, "peak_bytes": peak_bytes}
+            "peak_held": peak_held(recorder.events), "peak_bytes": peak_bytes}
 
 
 def _torch_schedule(stage: Stage, rank: int, n_stages: int, n_micro: int, schedule: str, device, n_counted: int):
