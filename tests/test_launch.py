@@ -123,3 +123,25 @@ def test_the_same_worker_runs_under_torchrun():
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=root)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "rank 0 of 2: all_reduce sum of ranks = 1" in out.stdout
+
+
+def test_a_rank_that_exits_right_after_returning_is_not_a_failure(monkeypatch):
+    """The parent may see a rank's exit before its result: after the grace period the result counts."""
+    import importlib
+    import pickle
+    from types import SimpleNamespace
+
+    import torch.multiprocessing as mp
+
+    launch_module = importlib.import_module("ctxlab.parallel.launch")  # the package re-exports the function
+
+    monkeypatch.setattr(launch_module, "GRACE_S", 0.0)
+    queue = mp.get_context("spawn").SimpleQueue()
+    queue.put(pickle.dumps(("ok", 1, "done")))
+    context = SimpleNamespace(processes=[SimpleNamespace(exitcode=None), SimpleNamespace(exitcode=0)])
+    results: dict = {}
+    assert launch_module._root_cause(context, queue, results, {}) is None
+    assert results == {1: "done"}
+    queue.put(pickle.dumps(("error", 0, "Traceback: ValueError: bad")))
+    failure = launch_module._root_cause(context, queue, results, {})
+    assert isinstance(failure, RankFailure) and failure.rank == 0 and "ValueError: bad" in str(failure)

@@ -152,19 +152,22 @@ def _drain(queue, results: dict) -> dict[int, str]:
     return errors
 
 
-def _raise_root_cause(context, queue, results: dict, errors: dict[int, str], world_size: int) -> None:
-    """One rank failed; its peers usually fail next with "connection closed". Wait a moment, then blame
-    the rank that died or raised on its own, not the ones that lost their peer."""
+def _root_cause(context, queue, results: dict, errors: dict[int, str]) -> RankFailure | None:
+    """A rank looks failed; its peers usually fail next with "connection closed". Wait a moment, then blame
+    the rank that died or raised on its own, not the ones that lost their peer. None when the rank that
+    looked dead had put its result on the queue just before exiting (no failure after all)."""
     time.sleep(GRACE_S)
     errors.update(_drain(queue, results))
     dead = {r: p.exitcode for r, p in enumerate(context.processes)
             if r not in results and r not in errors and p.exitcode is not None}
     others = sorted(set(errors) | set(dead))
     for rank, code in dead.items():
-        raise RankFailure(rank, f"exited with code {code} without returning a result (failed ranks: {others})")
+        return RankFailure(rank, f"exited with code {code} without returning a result (failed ranks: {others})")
+    if not errors:
+        return None
     own = [r for r, tb in errors.items() if not any(h in tb for h in PEER_FAILURE_HINTS)]
-    rank = min(own) if own else min(errors)
-    raise RankFailure(rank, f"raised an exception (failed ranks: {others})", errors[rank])
+    rank = min(own or errors)
+    return RankFailure(rank, f"raised an exception (failed ranks: {others})", errors[rank])
 
 
 def launch(fn: Callable, world_size: int, *args: Any, backend: str | None = None, timeout: float = 120.0,
@@ -194,8 +197,9 @@ def launch(fn: Callable, world_size: int, *args: Any, backend: str | None = None
         while len(results) < world_size:
             errors = _drain(queue, results)
             dead = [r for r, p in enumerate(context.processes) if r not in results and p.exitcode is not None]
-            if errors or dead:
-                _raise_root_cause(context, queue, results, errors, world_size)
+            failure = _root_cause(context, queue, results, errors) if errors or dead else None
+            if failure is not None:
+                raise failure
             if time.monotonic() > deadline:
                 late = [r for r in range(world_size) if r not in results]
                 raise RankTimeout(late[-1], f"did not finish within timeout={timeout} s "
