@@ -147,12 +147,17 @@ def layer_of(name: str) -> str:
     return ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
 
 
-def layer_norms(named_grads: Iterable[tuple[str, Tensor]], norm_type: float | str = 2.0) -> dict[str, float]:
-    """Gradient norm per layer (see ``layer_of``) from (parameter name, gradient) pairs."""
+def by_layer(named_grads: Iterable[tuple[str, Tensor]]) -> dict[str, list[Tensor]]:
+    """(parameter name, gradient) pairs grouped by layer (see ``layer_of``), in order of appearance."""
     groups: dict[str, list[Tensor]] = {}
     for name, g in named_grads:
         groups.setdefault(layer_of(name), []).append(g)
-    return {layer: float(total_norm(grads, norm_type)) for layer, grads in groups.items()}
+    return groups
+
+
+def layer_norms(named_grads: Iterable[tuple[str, Tensor]], norm_type: float | str = 2.0) -> dict[str, float]:
+    """Gradient norm per layer (see ``layer_of``) from (parameter name, gradient) pairs."""
+    return {layer: float(total_norm(grads, norm_type)) for layer, grads in by_layer(named_grads).items()}
 
 
 class GradNormMonitor:
@@ -171,13 +176,16 @@ class GradNormMonitor:
 
         Returns the total norm before clipping (the number to watch for spikes)."""
         named = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
-        before = float(total_norm([p.grad for _, p in named], self.norm_type))
-        if self.per_layer:
-            for layer, norm in layer_norms([(n, p.grad) for n, p in named], self.norm_type).items():
-                self.layer_norms.setdefault(layer, []).append(norm)
+        norms = [total_norm([p.grad for _, p in named], self.norm_type)]
+        groups = by_layer((n, p.grad) for n, p in named) if self.per_layer else {}
+        norms += [total_norm(grads, self.norm_type) for grads in groups.values()]  # before clipping, like the total
         if clip is not None:
             clip([p for _, p in model.named_parameters()])
-        after = float(total_norm([p.grad for _, p in named], self.norm_type)) if clip is not None else before
+            norms.append(total_norm([p.grad for _, p in named], self.norm_type))
+        values = torch.stack([n.float().to(norms[0].device) for n in norms]).tolist()  # one device sync a step
+        before, after = values[0], values[-1]
+        for layer, norm in zip(groups, values[1:]):
+            self.layer_norms.setdefault(layer, []).append(norm)
         self.total_norms.append(before)
         self.clipped_norms.append(after)
         self.clipped.append(clip is not None and math.isfinite(before) and abs(after - before) > 1e-6 * before)
