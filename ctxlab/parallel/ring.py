@@ -165,12 +165,12 @@ class RingAttention(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         q, k, v, out, lse = ctx.saved_tensors
         comm = RingComm(ctx.group)
+        grads = RingComm(ctx.group, first_tag=2)  # the dK/dV accumulators, in flight while the next block computes
         world, rank, local_len = comm.world_size, comm.rank, q.shape[2]
         dout = dout.contiguous()
         delta = (dout.float() * out.float()).sum(-1)
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        dk_acc = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
-        dv_acc = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+        arriving: list[Tensor] = []
         k_cur, v_cur = k, v
         for step in range(world):
             incoming = comm.start([k_cur, v_cur]) if step < world - 1 else None
@@ -181,15 +181,25 @@ class RingAttention(torch.autograd.Function):
                 dq_b, dk_b, dv_b = _block_backward(q[:, :, rows], k_cur[:, :, cols], v_cur[:, :, cols],
                                                    dout[:, :, rows], lse[:, :, rows], delta[:, :, rows], mask)
                 dq[:, :, rows] += dq_b
-                dk_acc[:, :, cols] += dk_b
-                dv_acc[:, :, cols] += dv_b
+            # the block's accumulators travel with it: the previous rank's arrive now (they were in flight
+            # while this block computed), ours are added, and they go on; after step P-1 that hop takes
+            # them home. Step 0 is the rank's own block, every column: its gradients start the accumulators.
+            if step == 0:
+                dk_acc, dv_acc = dk_b, dv_b
+            else:
+                grads.wait()
+                dk_acc, dv_acc = arriving
+                if blk is not None:
+                    dk_acc[:, :, cols] += dk_b
+                    dv_acc[:, :, cols] += dv_b
+            arriving = grads.start([dk_acc, dv_acc])
             if incoming is not None:
                 comm.wait()
                 k_cur, v_cur = incoming
-            # the accumulators travel with their block; after step P-1 this hop takes them home
-            dk_acc, dv_acc = comm.exchange([dk_acc, dv_acc])
+        grads.wait()
+        dk_acc, dv_acc = arriving
         if ctx.stats is not None:
-            ctx.stats.backward_bytes += comm.bytes_sent
+            ctx.stats.backward_bytes += comm.bytes_sent + grads.bytes_sent
         return dq.to(q.dtype), dk_acc.to(k.dtype), dv_acc.to(v.dtype), None, None, None, None
 
 

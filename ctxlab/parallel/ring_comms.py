@@ -20,10 +20,14 @@ def require_process_group(group: dist.ProcessGroup | None = None) -> dist.Proces
 
 
 class RingComm:
-    """Point-to-point exchange around a ring of ranks, counting the bytes this rank sends."""
+    """Point-to-point exchange around a ring of ranks, counting the bytes this rank sends.
 
-    def __init__(self, group: dist.ProcessGroup | None = None):
+    Two rings may be in flight at once when their ``first_tag`` keeps their messages apart (gloo
+    matches by tag; NCCL by posting order, the same on every rank)."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None, first_tag: int = 0):
         self.group = require_process_group(group)
+        self.first_tag = first_tag
         self.rank = dist.get_rank(self.group)
         self.world_size = dist.get_world_size(self.group)
         self.next = dist.get_global_rank(self.group, (self.rank + 1) % self.world_size)
@@ -42,8 +46,8 @@ class RingComm:
             return list(tensors)
         tensors = [t.contiguous() for t in tensors]
         received = [torch.empty_like(t) for t in tensors]
-        ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag) for tag, t in enumerate(tensors)]
-        ops += [dist.P2POp(dist.irecv, r, self.prev, self.group, tag) for tag, r in enumerate(received)]
+        ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag) for tag, t in enumerate(tensors, self.first_tag)]
+        ops += [dist.P2POp(dist.irecv, r, self.prev, self.group, tag) for tag, r in enumerate(received, self.first_tag)]
         self._requests = dist.batch_isend_irecv(ops)
         self.bytes_sent += sum(t.numel() * t.element_size() for t in tensors)
         return received
