@@ -9,6 +9,13 @@ from .positions import ROPE_SCALINGS, STATIC_SCALINGS
 POSITION_ENCODINGS = ("rope", "alibi")
 
 
+def positive_int(name: str, value: object) -> int:
+    """``value`` if it is an int > 0 (bool excluded); else a ValueError naming the parameter."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 def _require(ok: bool, name: str, allowed: str, value: object) -> None:
     if not ok:
         raise ValueError(f"ModelConfig.{name} must be {allowed}, got {value!r}")

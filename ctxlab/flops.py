@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import ModelConfig
+from .config import ModelConfig, positive_int
 
 
 def matmul_params(cfg: ModelConfig) -> int:
@@ -55,8 +55,7 @@ def model_flops_utilisation(tokens_per_second: float, flops_per_token: float, pe
 
 def _check_positive_ints(**values: int) -> None:
     for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        positive_int(name, value)
 
 
 def attention_intensity(seq_len: int, head_dim: int, bytes_per_element: int = 2, fused: bool = True) -> float:

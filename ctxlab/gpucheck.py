@@ -19,10 +19,10 @@ import torch
 from .atomic import write_json
 from .bench import median_ms, run_point
 from .bench.attention import attention_point
+from .gpu_results import REQUIRED_KEYS
 from .gpucheck_parallel import parallel_checks
 
 SCHEMA_VERSION = 1
-REQUIRED_KEYS = ("schema_version", "device", "torch", "cuda", "date", "dry_run", "sections")
 
 
 def matmul_peak(device: str, dtype: torch.dtype, n: int) -> dict:
@@ -112,10 +112,10 @@ def step_throughput(cfg, seq_len: int, device: str, dtype: torch.dtype, peak_tfl
 
 
 def model_125m(**changes):
-    """A GPT-2-small-sized shape: 12 layers, width 768, 12 heads, vocabulary 32000."""
-    from .config import ModelConfig
+    """The planner's 125M preset (GPT-3 Small's shape: 12 layers, width 768, 12 heads), 1024 positions."""
+    from .planner import PRESETS
 
-    return ModelConfig(vocab_size=32000, d_model=768, n_layers=12, n_heads=12, max_seq_len=1024, **changes)
+    return PRESETS["125M"].replace(**{"max_seq_len": 1024, **changes})
 
 
 def serving_latency(device: str, dtype: torch.dtype, lengths: list[int], decode_tokens: int) -> list[dict]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import ModelConfig, reference_config
+from .config import ModelConfig, positive_int, reference_config
 from .flops import matmul_params, training_flops_per_token
 from .kvcache import kv_cache_bytes_per_token
 from .memory_model import apply_techniques, count_params, predict_step_memory
@@ -76,12 +76,6 @@ class ContextPlan:
                 f"inference KV cache: {self.kv_tokens:,} tokens ({self.kv_bytes_per_token / 2**10:,.1f} KiB per token)")
 
 
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def resolve_model(model: str | ModelConfig) -> ModelConfig:
     """A preset name or a ModelConfig."""
     if isinstance(model, ModelConfig):
@@ -111,13 +105,13 @@ def plan_context(model: str | ModelConfig = "125M", memory_gib: float = 80, prec
                        ("chunked_loss", chunked_loss)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {flag!r}")
-    ranks = _positive_int("context_ranks", context_ranks)
-    stages = _positive_int("pipeline_stages", pipeline_stages)
-    g = _positive_int("granularity", granularity)
+    ranks = positive_int("context_ranks", context_ranks)
+    stages = positive_int("pipeline_stages", pipeline_stages)
+    g = positive_int("granularity", granularity)
     if cfg.n_layers % stages:
         raise ValueError(f"pipeline_stages must divide n_layers={cfg.n_layers} (equal stages), got {stages}")
     if kv_heads is not None:
-        _positive_int("kv_heads", kv_heads)
+        positive_int("kv_heads", kv_heads)
         if cfg.n_heads % kv_heads:
             raise ValueError(f"kv_heads must divide n_heads={cfg.n_heads}, got {kv_heads}")
         cfg = cfg.replace(n_kv_heads=kv_heads)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..attention import BACKENDS
 from .ring import ring_attention
 from .ring_comms import require_process_group
-from .sharding import check_seq_len, shard, shard_positions
+from .sharding import check_seq_len, check_token_batch, shard, shard_positions
 
 RING_BACKEND = "ring"
 
@@ -66,10 +66,7 @@ def context_parallel_step(model: nn.Module, tokens: Tensor, targets: Tensor, gro
     to that of one rank training on the whole sequence.
     """
     group = require_process_group(group)
-    if not isinstance(tokens, Tensor) or not isinstance(targets, Tensor) or tokens.dim() != 2 \
-            or tokens.shape != targets.shape:
-        raise ValueError(f"tokens and targets must be (batch, time) tensors of one shape, got "
-                         f"{getattr(tokens, 'shape', tokens)} and {getattr(targets, 'shape', targets)}")
+    check_token_batch(tokens, targets)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     seq_len = tokens.shape[1]
     check_seq_len(seq_len, world, zigzag)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..model import GPT
 from .launch import rank_device
+from .sharding import check_token_batch
 
 
 class DataParallel(nn.Module):
@@ -87,9 +88,7 @@ def split_batch(tokens: Tensor, rank: int, world_size: int) -> Tensor:
 def _check_run(cfg: ModelConfig, tokens: Tensor, targets: Tensor, steps: int, world_size: int) -> None:
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
-    if tokens.dim() != 2 or tokens.shape != targets.shape:
-        raise ValueError(f"tokens and targets must be equal (batch, time) tensors, got {tuple(tokens.shape)} "
-                         f"and {tuple(targets.shape)}")
+    check_token_batch(tokens, targets)
     if tokens.shape[0] % world_size:
         raise ValueError(f"the global batch ({tokens.shape[0]}) must be divisible by world_size={world_size}")
     if not isinstance(steps, int) or steps < 1:

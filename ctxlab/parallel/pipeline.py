@@ -23,8 +23,10 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..model import GPT
 from . import comms
+from .ddp import train_single
 from .events import EventRecorder, clock_origin, peak_held
 from .launch import rank_device
+from .sharding import check_token_batch
 
 SCHEDULES = ("gpipe", "1f1b")
 
@@ -149,9 +151,7 @@ def check_step(cfg: ModelConfig, tokens: Tensor, targets: Tensor, n_stages: int,
         value = getattr(cfg, name)
         if value != allowed:  # a Stage runs its own slice of blocks with RoPE and keeps every activation
             raise ValueError(f"cfg.{name} must be {allowed!r} for pipeline stages, got {value!r}")
-    if tokens.dim() != 2 or tokens.shape != targets.shape:
-        raise ValueError(f"tokens and targets must be equal (batch, time) tensors, got {tuple(tokens.shape)} "
-                         f"and {tuple(targets.shape)}")
+    check_token_batch(tokens, targets)
     if not isinstance(n_micro, int) or n_micro < 1 or tokens.shape[0] % n_micro:
         raise ValueError(f"n_micro (micro-batches) must be an int >= 1 dividing the batch size {tokens.shape[0]}, "
                          f"got {n_micro!r}")
@@ -227,12 +227,9 @@ def _run_torch_schedule(native, stage: Stage, tokens: Tensor, targets: Tensor) -
 
 
 def single_process_step(cfg: ModelConfig, tokens: Tensor, targets: Tensor, seed: int = 0) -> dict:
-    """The reference: the whole GPT, the whole batch, one forward and backward."""
-    torch.manual_seed(seed)
-    model = GPT(cfg)
-    _, loss = model(tokens, targets)
-    loss.backward()
-    return {"loss": loss.item(), "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
+    """The reference: the whole GPT, the whole batch, one forward and backward (``train_single``'s first step)."""
+    run = train_single(cfg, tokens, targets, steps=1, seed=seed)
+    return {"loss": run["losses"][0], "grads": run["grads"]}
 
 
 def merge_grads(results: list[dict]) -> dict:
