@@ -12,9 +12,11 @@ from typing import Sequence
 
 import torch
 
+from .bench import run_point
 from .config import ModelConfig
-from .memory import free_device_memory, is_out_of_memory, measure_peak
+from .memory import measure_peak
 from .model import GPT
+from .search import largest_fitting
 
 # A technique is a set of config changes; "all" combines every memory option of chapter 2.
 TECHNIQUES: dict[str, dict] = {
@@ -167,23 +169,13 @@ def max_context(cfg: ModelConfig, budget_bytes: float, techniques: Sequence[str]
     traced = cfg if traced_attention is None else cfg.replace(attention=traced_attention)
 
     def measured(t: int) -> float:
-        try:
-            return measure_step_memory(traced, t, batch, device)["total"]
-        except (RuntimeError, MemoryError) as err:
-            if not (isinstance(err, MemoryError) or is_out_of_memory(err)):
-                raise
-            free_device_memory()
-            return float("inf")
+        row = run_point(lambda: measure_step_memory(traced, t, batch, device))
+        return float("inf") if row["oom"] else row["total"]
 
     cost = predicted if method == "predict" else measured
     g = granularity
     # predicted memory grows with T, so bisection on it is exact; it also gives the measured search its start
-    lo, hi = 0, g
-    while predicted(hi) <= budget_bytes:
-        lo, hi = hi, hi * 2
-    while hi - lo > g:
-        mid = (lo + hi) // 2 // g * g
-        lo, hi = (mid, hi) if predicted(mid) <= budget_bytes else (lo, mid)
+    lo = largest_fitting(lambda t: predicted(t) <= budget_bytes, g)
     if method == "predict":
         return lo
     lo = max(g, lo)

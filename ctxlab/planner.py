@@ -31,6 +31,7 @@ from .config import ModelConfig, positive_int, reference_config
 from .flops import matmul_params, training_flops_per_token
 from .kvcache import kv_cache_bytes_per_token
 from .memory_model import apply_techniques, count_params, predict_step_memory
+from .search import largest_fitting
 
 GIB = 2**30
 
@@ -140,14 +141,7 @@ def plan_context(model: str | ModelConfig = "125M", memory_gib: float = 80, prec
     def fits(t_local: int) -> bool:
         return train_bytes(t_local)["total"] <= budget
 
-    lo = 0
-    if fits(g):  # memory grows with T: double, then bisect on multiples of g
-        lo, hi = g, 2 * g
-        while fits(hi):
-            lo, hi = hi, 2 * hi
-        while hi - lo > g:
-            mid = (lo + hi) // 2 // g * g
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    lo = largest_fitting(fits, g)  # memory grows with T
     train_breakdown = train_bytes(lo) if lo else dict(states, activations=0, total=sum(states.values()))
 
     kv_stage = kv_cache_bytes_per_token(stage, prec["weights"])

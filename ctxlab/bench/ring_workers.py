@@ -14,6 +14,7 @@ from ..memory import measure_peak
 from ..parallel.launch import rank_device
 from ..parallel.ring import RingStats, ring_attention
 from ..parallel.sharding import shard
+from ..search import largest_fitting
 
 _GROUPS: dict[int, object] = {}
 
@@ -151,13 +152,7 @@ def budget_worker(rank: int, world_size: int, budget_bytes: int, sizes: list[int
                 return int(peak.item()) <= budget_bytes
 
             if not local:
-                lo, hi = 0, granule
-                while fits(hi):
-                    lo, hi = hi, 2 * hi
-                while hi - lo > granule:
-                    mid = (lo + hi) // 2 // granule * granule
-                    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-                local = lo
+                local = largest_fitting(fits, granule)
             else:
                 while local > 0 and not fits(local):
                     local -= granule
