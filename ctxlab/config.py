@@ -98,6 +98,10 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    def recomputes(self, layer: int) -> bool:
+        """The checkpoint policy: every k-th block (k = checkpoint_every) is recomputed in backward."""
+        return self.checkpoint_every > 0 and layer % self.checkpoint_every == 0
+
     def replace(self, **changes) -> "ModelConfig":
         """A validated copy with some fields changed."""
         unknown = set(changes) - {f.name for f in fields(self)}

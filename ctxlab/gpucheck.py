@@ -18,7 +18,7 @@ import torch
 
 from .atomic import write_json
 from .bench import median_ms, run_point
-from .bench.attention import attention_point
+from .bench.attention import sweep
 from .gpu_results import REQUIRED_KEYS
 from .gpucheck_parallel import parallel_checks
 
@@ -35,19 +35,8 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int) -> dict:
 
 def attention_sweep(device: str, dtype: torch.dtype, seq_lens: list[int], backends: list[str],
                     max_len: dict[str, int] | None = None) -> list[dict]:
-    """Memory and latency of causal attention fwd+bwd per backend; OOM points are recorded.
-
-    ``max_len`` caps a backend's sweep (the chunked backend's Python loop is slow at long T)."""
-    rows = []
-    for backend in backends:
-        for t in seq_lens:
-            if max_len and t > max_len.get(backend, t):
-                break
-            rows.append(run_point(lambda: attention_point(backend, t, device=device, dtype=dtype, repeats=3),
-                                  backend=backend, T=t))
-            if rows[-1]["oom"]:
-                break  # larger T cannot fit either
-    return rows
+    """Memory and latency of causal attention fwd+bwd per backend, up to each backend's first OOM."""
+    return sweep(seq_lens, backends, max_len=max_len, stop_after_oom=True, device=device, dtype=dtype, repeats=3)
 
 
 def training_step_fn(cfg, seq_len: int, device: str, dtype: torch.dtype) -> Callable[[], float]:

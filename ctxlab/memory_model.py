@@ -72,7 +72,7 @@ def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_pe
         if cfg.attention == "chunked":  # a few (chunk x chunk) blocks of scores per head at a time
             attn_temp = 5 * h * min(cfg.attn_chunk, t) ** 2 * batch * e
     full_layer = linear * e + attn_saved
-    saved = [n * d * e if cfg.checkpoint_every and i % cfg.checkpoint_every == 0 else full_layer
+    saved = [n * d * e if cfg.recomputes(i) else full_layer
              for i in range(cfg.n_layers)]
     # backward of block i: blocks below still hold what they saved; block i holds its activations (rebuilt
     # if recomputed) plus, first, the MLP's gradient (its hidden already freed by then if chunked) and,

@@ -137,7 +137,7 @@ class GPT(nn.Module):
             cos, sin = self.rope(positions, x.dtype)
         for i in range(self.cfg.n_layers):
             block = self.blocks[i % len(self.blocks)]
-            if self.recomputes(i) and cache is None and torch.is_grad_enabled():
+            if self.cfg.recomputes(i) and cache is None and torch.is_grad_enabled():
                 # keep only the block's input; its activations are rebuilt during backward
                 x = checkpoint(block, x, cos, sin, mask, None, i, start, bias, use_reentrant=False)
             else:
@@ -154,11 +154,6 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
                                    ignore_index=-100)
         return logits, loss
-
-    def recomputes(self, layer: int) -> bool:
-        """The checkpoint policy: every k-th block (k = checkpoint_every) is recomputed in backward."""
-        every = self.cfg.checkpoint_every
-        return every > 0 and layer % every == 0
 
     @torch.no_grad()
     def generate(self, tokens: Tensor, max_new_tokens: int, cache=None) -> Tensor:

@@ -34,9 +34,9 @@ def test_memory_options_keep_loss_and_gradients(changes):
 
 
 def test_checkpoint_policy_picks_blocks_and_saves_memory():
-    assert [GPT(reference_config(**SMALL, checkpoint_every=2)).recomputes(i) for i in range(4)] == \
+    assert [reference_config(**SMALL, checkpoint_every=2).recomputes(i) for i in range(4)] == \
         [True, False, True, False]
-    assert not any(GPT(reference_config(**SMALL)).recomputes(i) for i in range(4))
+    assert not any(reference_config(**SMALL).recomputes(i) for i in range(4))
     tokens = torch.randint(0, 64, (1, 128))
 
     def peak(**changes):

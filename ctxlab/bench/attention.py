@@ -37,13 +37,22 @@ def attention_point(backend: str, seq_len: int, batch: int = 1, heads: int = 4, 
     return {"peak_mib": peak / MIB, "ms": statistics.median(times), "best_ms": min(times)}
 
 
-def sweep(seq_lens: list[int], backends: list[str] | None = None, backward: bool = True, **kw) -> list[dict]:
-    """One row per (backend, T); out-of-memory points are recorded as such and the sweep goes on."""
+def sweep(seq_lens: list[int], backends: list[str] | None = None, backward: bool = True,
+          max_len: dict[str, int] | None = None, stop_after_oom: bool = False, **kw) -> list[dict]:
+    """One row per (backend, T); out-of-memory points are recorded as such and the sweep goes on.
+
+    ``max_len`` caps a backend's T (the chunked backend's Python loop is slow at long T);
+    ``stop_after_oom`` moves on to the next backend after its first out-of-memory point, since a
+    longer T cannot fit either."""
     rows = []
     for backend in backends or list(BACKENDS):
         for t in seq_lens:
+            if max_len and t > max_len.get(backend, t):
+                break
             rows.append(run_point(lambda: attention_point(backend, t, backward=backward, **kw),
                                   backend=backend, T=t, pass_="fwd+bwd" if backward else "fwd"))
+            if stop_after_oom and rows[-1]["oom"]:
+                break
     return rows
 
 
