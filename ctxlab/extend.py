@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -58,14 +59,16 @@ def save_model(path: Path, model: GPT, meta: dict) -> None:
     save_checkpoint(path, {"config": asdict(model.cfg), "model": model.state_dict(), "meta": meta})
 
 
-def load_model(path: str | Path, cfg: ModelConfig | None = None, device: str = "cpu") -> GPT:
-    """Weights from ``path`` in a model built from ``cfg`` (default: the saved config): RoPE tables are not
-    weights, so one checkpoint can be read with any scaling."""
+def load_model(path: str | Path, cfg: ModelConfig | Callable[[ModelConfig], ModelConfig] | None = None,
+               device: str = "cpu") -> GPT:
+    """Weights from ``path`` in a model built from ``cfg``: the saved config by default, or a function of
+    it (read from the same load). RoPE tables are not weights, so one checkpoint reads with any scaling."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}; create it with `python -m ctxlab.extend train`")
     state = load_checkpoint(path)
-    model = GPT(cfg if cfg is not None else ModelConfig(**state["config"]))
+    saved = ModelConfig(**state["config"])
+    model = GPT(cfg(saved) if callable(cfg) else cfg if cfg is not None else saved)
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 
@@ -121,9 +124,9 @@ def train_base(out: Path, steps: int, seed: int, position_encoding: str = "rope"
 
 def extend_base(out: Path, scaling: str, steps: int, seed: int, device: str = "cpu", eval_samples: int = 200) -> dict:
     seq_len = FACTOR * TRAIN_LEN
-    base = load_model(out / "base.pt")
-    cfg = with_positions(base.cfg, seq_len, scaling, scale=None if scaling == "none" else float(FACTOR))
-    model = load_model(out / "base.pt", cfg)
+    model = load_model(out / "base.pt", lambda saved: with_positions(
+        saved, seq_len, scaling, scale=None if scaling == "none" else float(FACTOR)))
+    cfg = model.cfg
     t0 = time.perf_counter()
     hist = train(model.train(), passkey_batches(BATCH_TOKENS // seq_len, seq_len, seed, loss_on="answer"), steps,
                  lr=1e-3, warmup=min(20, steps), clip=1.0,

@@ -36,9 +36,11 @@ def model_for(method: str, seq_len: int, ckpt_dir: Path = CHECKPOINT_DIR, device
     if method not in METHODS:
         raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
     file, scaling, scale = METHODS[method]
-    saved = load_model(Path(ckpt_dir) / file)
-    base_cfg = saved.cfg.replace(rope_scaling="none", rope_scale=1.0, rope_original_len=None)
-    return load_model(Path(ckpt_dir) / file, with_positions(base_cfg, seq_len, scaling, scale), device)
+    def reading(saved):  # the saved positions undone, then set up for seq_len
+        return with_positions(saved.replace(rope_scaling="none", rope_scale=1.0, rope_original_len=None),
+                              seq_len, scaling, scale)
+
+    return load_model(Path(ckpt_dir) / file, reading, device)
 
 
 def run(methods=tuple(METHODS), multiples=MULTIPLES, samples: int = 200, loss_samples: int = 200,

@@ -94,7 +94,8 @@ def train_stage_worker(rank: int, world_size: int, s: Settings, out: Path, name:
             return tuple(split_batch(t, rank, world_size) for t in whole(step))
     resume = state.exists()
     if resume and rank == 0:
-        _log(f"{name}: resuming from step {torch.load(state, weights_only=True)['step']} of {steps} ({state.name})")
+        done = torch.load(state, map_location="cpu", weights_only=True, mmap=True)["step"]  # mapped, not read
+        _log(f"{name}: resuming from step {done} of {steps} ({state.name})")
     t0 = time.perf_counter()
     hist = train(model.train(), get_batch, steps, lr=lr, warmup=min(100 if base else 20, steps), clip=s.clip,
                  seed=s.seed, device=device, checkpoint_path=state, checkpoint_every=s.save_every, resume=resume,
