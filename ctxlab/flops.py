@@ -14,11 +14,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import ModelConfig, positive_int
 
 
+def block_matmul_params(cfg: ModelConfig) -> int:
+    """Matrix-multiply parameters of one block: q and output projections, k/v projections, the MLP."""
+    d, kv = cfg.d_model, cfg.n_kv_heads * cfg.head_dim
+    return d * d + d * 2 * kv + d * d + 2 * cfg.mlp_ratio * d * d
+
+
 def matmul_params(cfg: ModelConfig) -> int:
     """Parameters that take part in a matrix multiply per token (embedding lookups do not; the head does)."""
-    d, kv = cfg.d_model, cfg.n_kv_heads * cfg.head_dim
-    per_layer = d * d + d * 2 * kv + d * d + 2 * cfg.mlp_ratio * d * d
-    return cfg.n_layers * per_layer + d * cfg.vocab_size
+    return cfg.n_layers * block_matmul_params(cfg) + cfg.d_model * cfg.vocab_size
 
 
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int, causal_skip: bool = False) -> float:
@@ -32,6 +36,18 @@ def attention_flops_per_token(cfg: ModelConfig, seq_len: int, causal_skip: bool 
 def training_flops_per_token(cfg: ModelConfig, seq_len: int, causal_skip: bool = False) -> float:
     """6N + 12 L d T: the model FLOPs of one training token (no recomputation counted)."""
     return 6.0 * matmul_params(cfg) + attention_flops_per_token(cfg, seq_len, causal_skip)
+
+
+def recompute_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """What activation checkpointing adds per token: the forward of every recomputed block again, its
+    matmuls (2 FLOPs a parameter) and its attention (4 d T), but not the block's last matmul, the MLP's
+    down projection: torch's (non-reentrant) checkpoint stops recomputing once it has rebuilt every tensor
+    the backward needs, and that output is none of them. The head and the loss are not recomputed."""
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    layers = sum(cfg.recomputes(i) for i in range(cfg.n_layers))
+    down_projection = cfg.mlp_ratio * cfg.d_model * cfg.d_model
+    return layers * (2.0 * (block_matmul_params(cfg) - down_projection) + 4.0 * cfg.d_model * seq_len)
 
 
 def count_training_flops(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> int:

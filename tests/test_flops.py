@@ -50,3 +50,18 @@ def test_arithmetic_intensity_limits_and_roofline():
         mlp_intensity(8, 2.5)
     with pytest.raises(ValueError, match="bytes_per_second"):
         roofline_rate(1.0, 1e12, 0)
+
+
+def test_recompute_flops_are_one_more_forward_of_the_recomputed_blocks():
+    from ctxlab.flops import recompute_flops_per_token
+
+    cfg = reference_config(attention="naive", d_model=64, n_layers=4, n_heads=2, max_seq_len=256)
+    assert recompute_flops_per_token(cfg, 256) == 0  # no checkpointing, nothing repeated
+    tokens = torch.randint(0, cfg.vocab_size, (1, 256))
+    plain = count_training_flops(GPT(cfg), tokens, tokens) / 256
+    for every in (1, 2):
+        ckpt = cfg.replace(checkpoint_every=every)
+        extra = count_training_flops(GPT(ckpt), tokens, tokens) / 256 - plain
+        assert recompute_flops_per_token(ckpt, 256) == pytest.approx(extra, rel=1e-6)  # exact count
+    assert recompute_flops_per_token(cfg.replace(checkpoint_every=2), 256) * 2 == \
+        recompute_flops_per_token(cfg.replace(checkpoint_every=1), 256)

@@ -60,6 +60,23 @@ def run_point(measure: Callable[[], dict], **labels: Any) -> dict:
     return row
 
 
+def relative_errors(rows: list[dict], predicted: str, measured: str, key: str = "rel_err") -> float:
+    """Set ``row[key] = (predicted - measured) / measured`` on every row; return the largest magnitude."""
+    if not rows:
+        raise ValueError("rows must hold at least one row")
+    for r in rows:
+        r[key] = (r[predicted] - r[measured]) / r[measured]
+    return max(abs(r[key]) for r in rows)
+
+
+def report_errors(rows: list[dict], predicted: str, measured: str, columns: list[str]) -> float:
+    """Print ``columns``, both figures and their relative error per row; return the largest |error|."""
+    worst = relative_errors(rows, predicted, measured)
+    print(format_table(rows, columns + [predicted, measured, "rel_err"]))
+    print(f"largest |relative error|: {worst:.2%}")
+    return worst
+
+
 def format_table(rows: list[dict], columns: list[str]) -> str:
     """A plain text table; OOM rows show 'OOM' in the measured columns."""
     widths = {c: max(len(c), *(len(_cell(r, c)) for r in rows)) for c in columns}

@@ -15,7 +15,7 @@ from ..attention import chunked_attention, naive_attention
 from ..config import ModelConfig, reference_config
 from ..memory import measure_peak
 from ..memory_model import apply_techniques, max_context, measure_step_memory, predict_step_memory
-from . import format_table
+from . import format_table, relative_errors
 
 MIB = 2**20
 # each row adds one technique to the one above it (from "chunked" on)
@@ -75,8 +75,8 @@ def model_error_rows(cfg: ModelConfig, device: str = "cpu", scale: float = 1.0) 
         c, t = cfg.replace(**changes), max(64, int(seq_len * scale))
         measured = measure_step_memory(c, t, device=device)["total"]
         predicted = predict_step_memory(c, t)["total"]
-        rows.append({"config": name, "T": t, "measured_mib": measured / MIB, "predicted_mib": predicted / MIB,
-                     "rel_error": (predicted - measured) / measured})
+        rows.append({"config": name, "T": t, "measured_mib": measured / MIB, "predicted_mib": predicted / MIB})
+    relative_errors(rows, "predicted_mib", "measured_mib", key="rel_error")
     return rows
 
 

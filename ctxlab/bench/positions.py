@@ -68,13 +68,27 @@ def run(methods=tuple(METHODS), multiples=MULTIPLES, samples: int = 200, loss_sa
     return results
 
 
-def segment_losses(key_pos: list[int], loss: list[float]) -> list[float]:
+def segment_losses(key_pos: list[int], loss: list[float], segments=SEGMENTS) -> list[float]:
     """Mean answer loss of the keys whose position lies in [a T_train, b T_train), per segment (nan if none)."""
     out = []
-    for a, b in SEGMENTS:
+    for a, b in segments:
         part = [x for p, x in zip(key_pos, loss) if a * TRAIN_LEN <= p < b * TRAIN_LEN]
         out.append(sum(part) / len(part) if part else float("nan"))
     return out
+
+
+def depth_grid(by_length: dict, multiples: list[int], depths: list[float]) -> list[list[float]]:
+    """Passkey accuracy per (depth, length) of one method's ``run`` results: a row per depth, a column per
+    multiple of T_train (nan where no key sat at that depth)."""
+    grid = []
+    for depth in depths:
+        row = []
+        for m in multiples:
+            cell = by_length[str(m)]
+            hits = [ok for ok, d in zip(cell["correct"], cell["target_depth"]) if d == depth]
+            row.append(sum(hits) / len(hits) if hits else float("nan"))
+        grid.append(row)
+    return grid
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,10 +17,10 @@ from ..model import GPT
 from .cli import default_data_parallel, main
 from .settings import (QUICK, Settings, base_config, check_device, check_settings, dialogue_batches, distance_bins,
                        extended_config, spec_of)
-from .study import (OUT_DIR, accuracy_by_distance, check_data_parallel, evaluate, far_accuracy, latency, run,
-                    summary_line, train_stage, train_stage_worker, training_memory, write_json)
+from .study import (OUT_DIR, accuracy_by_distance, check_data_parallel, evaluate, far_accuracy, latency, near_accuracy,
+                    run, summary_line, train_stage, train_stage_worker, training_memory, write_json)
 
 __all__ = ["GPT", "OUT_DIR", "QUICK", "Settings", "accuracy_by_distance", "base_config", "check_data_parallel",
            "check_device", "check_settings", "default_data_parallel", "dialogue_batches", "distance_bins", "evaluate",
-           "extended_config", "far_accuracy", "latency", "main", "run", "spec_of", "summary_line", "train_stage",
-           "train_stage_worker", "training_memory", "write_json"]
+           "extended_config", "far_accuracy", "latency", "main", "near_accuracy", "run", "spec_of", "summary_line",
+           "train_stage", "train_stage_worker", "training_memory", "write_json"]

@@ -48,10 +48,18 @@ def accuracy_by_distance(model: GPT, s: Settings, seq_len: int, n: int | None = 
     return rows
 
 
+def _pooled(rows: list[dict]) -> float:
+    return sum(r["correct"] for r in rows) / max(1, sum(r["n"] for r in rows))
+
+
 def far_accuracy(rows: list[dict], train_len: int) -> float:
     """Accuracy over the bins whose facts lie at least ``train_len`` tokens back: never seen in training."""
-    far = [r for r in rows if r["lo"] >= train_len]
-    return sum(r["correct"] for r in far) / max(1, sum(r["n"] for r in far))
+    return _pooled([r for r in rows if r["lo"] >= train_len])
+
+
+def near_accuracy(rows: list[dict], train_len: int) -> float:
+    """Accuracy over the bins whose facts lie within ``train_len`` tokens: distances seen in training."""
+    return _pooled([r for r in rows if r["hi"] <= train_len])
 
 
 def _log(msg: str) -> None:
