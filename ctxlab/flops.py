@@ -8,6 +8,8 @@ blocks does about half of it.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -50,16 +52,22 @@ def recompute_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return layers * (2.0 * (block_matmul_params(cfg) - down_projection) + 4.0 * cfg.d_model * seq_len)
 
 
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of the matrix products ``fn()`` runs, counted by torch's FlopCounterMode (elementwise work is
+    not counted, nor are kernels it does not know, such as SDPA's CPU flash kernel)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def count_training_flops(model: torch.nn.Module, tokens: torch.Tensor, targets: torch.Tensor) -> int:
     """FLOPs of one forward + backward counted by torch's FlopCounterMode.
 
     Use the ``naive`` attention backend: the CPU flash kernel of SDPA is not counted.
     """
-    with FlopCounterMode(display=False) as counter:
-        _, loss = model(tokens, targets)
-        loss.backward()
+    flops = count_flops(lambda: model(tokens, targets)[1].backward())
     model.zero_grad(set_to_none=True)
-    return int(counter.get_total_flops())
+    return flops
 
 
 def model_flops_utilisation(tokens_per_second: float, flops_per_token: float, peak_flops_per_second: float) -> float:
