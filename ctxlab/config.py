@@ -16,9 +16,14 @@ def positive_int(name: str, value: object) -> int:
     return value
 
 
-def _require(ok: bool, name: str, allowed: str, value: object) -> None:
+def require(ok: bool, name: str, allowed: str, value: object) -> None:
+    """A ValueError naming the parameter, the values it allows and the value it got, unless ``ok``."""
     if not ok:
-        raise ValueError(f"ModelConfig.{name} must be {allowed}, got {value!r}")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _require(ok: bool, name: str, allowed: str, value: object) -> None:
+    require(ok, f"ModelConfig.{name}", allowed, value)
 
 
 @dataclass

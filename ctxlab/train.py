@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .atomic import atomic_write
 from .clipping import STRATEGIES, GradNormMonitor, make_clipper
+from .config import require
 from .parallel.launch import rank_device
 
 BatchFn = Callable[[int], "tuple[Tensor, Tensor]"]
@@ -120,11 +121,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _check(ok: bool, name: str, allowed: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -165,22 +161,22 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not callable(get_batch):
         raise TypeError(f"get_batch must be a callable step -> (tokens, targets), got {type(get_batch).__name__}")
-    _check(_is_int(steps) and steps > 0, "steps", "a positive int", steps)
-    _check(isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0, "lr", "a finite number > 0", lr)
-    _check(_is_int(warmup) and 0 <= warmup <= steps, "warmup", f"an int in [0, steps={steps}]", warmup)
-    _check(isinstance(weight_decay, (int, float)) and 0 <= weight_decay < math.inf, "weight_decay",
+    require(_is_int(steps) and steps > 0, "steps", "a positive int", steps)
+    require(isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0, "lr", "a finite number > 0", lr)
+    require(_is_int(warmup) and 0 <= warmup <= steps, "warmup", f"an int in [0, steps={steps}]", warmup)
+    require(isinstance(weight_decay, (int, float)) and 0 <= weight_decay < math.inf, "weight_decay",
            "a finite number >= 0", weight_decay)
-    _check(_is_int(accum) and accum >= 1, "accum", "an int >= 1", accum)
-    _check(isinstance(min_lr_ratio, (int, float)) and 0 <= min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]",
+    require(_is_int(accum) and accum >= 1, "accum", "an int >= 1", accum)
+    require(isinstance(min_lr_ratio, (int, float)) and 0 <= min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]",
            min_lr_ratio)
-    _check(checkpoint_every is None or (_is_int(checkpoint_every) and checkpoint_every >= 1), "checkpoint_every",
+    require(checkpoint_every is None or (_is_int(checkpoint_every) and checkpoint_every >= 1), "checkpoint_every",
            "None or an int >= 1", checkpoint_every)
-    _check(not (resume or checkpoint_every) or checkpoint_path is not None, "checkpoint_path",
+    require(not (resume or checkpoint_every) or checkpoint_path is not None, "checkpoint_path",
            "a file path when resume or checkpoint_every is set", checkpoint_path)
-    _check(optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", optimizer)
+    require(optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", optimizer)
     clip_fn = resolve_clip(clip, clip_threshold)
     sync = getattr(model, "finish_gradient_sync", None)  # a data-parallel wrapper averages gradients here
-    _check(sync is None or accum == 1, "accum", "1 with a data-parallel model (its hooks reduce every backward)",
+    require(sync is None or accum == 1, "accum", "1 with a data-parallel model (its hooks reduce every backward)",
            accum)
     writer = sync is None or not dist.is_initialized() or dist.get_rank() == 0
     bare = getattr(model, "module", model)  # checkpoints hold the wrapped model's own names: runs resume either way
