@@ -30,10 +30,21 @@ def load(path: str | Path | None = None, allow_dry_run: bool = False) -> dict | 
     if found is None:
         return None
     data = json.loads(found.read_text())
+    try:
+        validate(data)
+    except ValueError as err:
+        raise ValueError(f"{found} is not a gpucheck result: {err}") from None
+    return data if allow_dry_run or not data["dry_run"] else None
+
+
+def validate(data: dict) -> None:
+    """Raise ValueError when a result lacks the fields the chapters read."""
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
-        raise ValueError(f"{found} is not a gpucheck result: it lacks {missing}")
-    return data if allow_dry_run or not data["dry_run"] else None
+        raise ValueError(f"gpucheck JSON is missing {missing}")
+    for name, sec in data["sections"].items():
+        if set(sec) != {"value", "error", "seconds"}:
+            raise ValueError(f"section {name!r} must have value, error, seconds; got {sorted(sec)}")
 
 
 def section(data: dict | None, name: str) -> object | None:

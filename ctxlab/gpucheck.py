@@ -19,7 +19,7 @@ import torch
 from .atomic import write_json
 from .bench import median_ms, run_point
 from .bench.attention import sweep
-from .gpu_results import REQUIRED_KEYS
+from .gpu_results import validate
 from .gpucheck_parallel import parallel_checks
 
 SCHEMA_VERSION = 1
@@ -176,18 +176,9 @@ def run(out: str, dry_run: bool = False, only: list[str] | None = None) -> dict:
             value, error = None, "".join(traceback.format_exception_only(type(err), err)).strip()
         result["sections"][name] = {"value": value, "error": error, "seconds": time.perf_counter() - t0}
         print(f"[gpucheck] {name}: {'ok' if error is None else error} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    validate(result)  # the schema the chapters read
     write_json(out, result)
     return result
-
-
-def validate(data: dict) -> None:
-    """Raise ValueError when a result file lacks the fields the chapters read."""
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise ValueError(f"gpucheck JSON is missing {missing}")
-    for name, sec in data["sections"].items():
-        if set(sec) != {"value", "error", "seconds"}:
-            raise ValueError(f"section {name!r} must have value, error, seconds; got {sorted(sec)}")
 
 
 def main(argv: list[str] | None = None) -> None:
