@@ -5,7 +5,6 @@ import pytest
 
 from ctxlab.attention import BACKENDS
 from ctxlab.bench import format_table, median_ms, run_point
-from ctxlab.attention import BACKENDS
 from ctxlab.bench.attention import attention_point, peak_ratio, sweep
 
 
@@ -49,3 +48,21 @@ def test_a_tracked_budget_on_cpu_turns_big_points_into_oom_rows():
     by = {(r["backend"], r["T"]): r for r in rows}
     assert by[("naive", 512)]["oom"] and not by[("naive", 64)]["oom"]  # scores, probabilities and grads > 8 MiB
     assert not by[("sdpa", 512)]["oom"] and by[("sdpa", 512)]["peak_mib"] < 8
+
+
+def test_with_other_load_counts_what_other_processes_took():
+    import time
+
+    from ctxlab.bench import with_other_load
+
+    result, idle = with_other_load(lambda: time.sleep(0.3) or 7)
+    assert result == 7
+    if idle is None:  # no /proc/stat on this system
+        return
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 2.5: pass"])
+    try:
+        time.sleep(0.3)  # let it start spinning
+        _, other = with_other_load(lambda: time.sleep(1.0))
+    finally:
+        busy.wait()
+    assert other > 0.5 and other > idle, (idle, other)  # about one core spinning elsewhere

@@ -5,8 +5,11 @@ a recorded "OOM" row so that a sweep goes on.
 """
 from __future__ import annotations
 
+import os
+import resource
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -46,6 +49,35 @@ def times_ms(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: t
 def median_ms(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: torch.device | str = "cpu") -> float:
     """Median wall time of ``fn`` in milliseconds: the figure a table reports."""
     return statistics.median(times_ms(fn, repeats, warmup, device))
+
+
+def _cpu_seconds_busy() -> float | None:
+    """CPU seconds the whole machine has been busy, stolen by the hypervisor included (Linux /proc/stat)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds_ours() -> float:
+    """CPU seconds of this process and of its children that have ended (launched ranks, once joined)."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def with_other_load(fn: Callable[[], Any]) -> tuple[Any, float | None]:
+    """``fn()``, and how many cores other processes (and the hypervisor) took on average while it ran:
+    what lengthens a timed run beyond any model of it. None where /proc/stat is not there."""
+    busy, ours, start = _cpu_seconds_busy(), _cpu_seconds_ours(), time.perf_counter()
+    result = fn()
+    wall = time.perf_counter() - start
+    busy_after = _cpu_seconds_busy()
+    if busy is None or busy_after is None or wall <= 0:
+        return result, None
+    others = (busy_after - busy) - (_cpu_seconds_ours() - ours)
+    return result, max(0.0, others / wall)
 
 
 def run_point(measure: Callable[[], dict], **labels: Any) -> dict:
