@@ -3,7 +3,7 @@
 One notebook of each kind: a measurement sweep with timings and plots (chapter 1), real
 multi-process runs over gloo (chapter 5), stored results, checkpoints and training (chapter 8),
 widgets and the planner (chapter 9), and a page that reads the GPU results (the appendix). The
-other chapters get the first of the two checks from nbval over their committed outputs.
+other chapters are compared with their committed outputs by the nbval run of the whole book.
 """
 import os
 import pathlib
