@@ -183,7 +183,7 @@ class GradNormMonitor:
             clip([p for _, p in model.named_parameters()])
             norms.append(total_norm([p.grad for _, p in named], self.norm_type))
         values = torch.stack([n.float().to(norms[0].device) for n in norms]).tolist()  # one device sync a step
-        before, after = values[0], values[-1]
+        before, after = values[0], (values[-1] if clip is not None else values[0])
         for layer, norm in zip(groups, values[1:]):
             self.layer_norms.setdefault(layer, []).append(norm)
         self.total_norms.append(before)

@@ -174,6 +174,11 @@ def test_monitor_counts_clipped_steps_and_layers():
     restored = GradNormMonitor()
     restored.load_state_dict(monitor.state_dict())
     assert restored.state_dict() == monitor.state_dict()
+    unclipped = GradNormMonitor(per_layer=True)  # no clipping: the norm after is the norm before
+    unclipped.observe(model)
+    assert unclipped.clipped_norms == unclipped.total_norms and unclipped.clipped == [False]
+    first = next(iter(unclipped.layer_norms.values()))[0]
+    assert first == pytest.approx(layer_norms([(n, p.grad) for n, p in model.named_parameters()])["0"])
 
 
 def test_layer_norms_combine_to_the_total():
