@@ -45,8 +45,7 @@ def recompute_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     matmuls (2 FLOPs a parameter) and its attention (4 d T), but not the block's last matmul, the MLP's
     down projection: torch's (non-reentrant) checkpoint stops recomputing once it has rebuilt every tensor
     the backward needs, and that output is none of them. The head and the loss are not recomputed."""
-    if seq_len <= 0:
-        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    _check_positive_ints(seq_len=seq_len)
     layers = sum(cfg.recomputes(i) for i in range(cfg.n_layers))
     down_projection = cfg.mlp_ratio * cfg.d_model * cfg.d_model
     return layers * (2.0 * (block_matmul_params(cfg) - down_projection) + 4.0 * cfg.d_model * seq_len)

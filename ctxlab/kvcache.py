@@ -48,13 +48,16 @@ class ContiguousKVCache:
 
 
 def filled_cache_bytes(cfg: ModelConfig, n_tokens: int, seed: int = 0) -> int:
-    """Bytes a contiguous cache really holds after a model of ``cfg`` prefilled ``n_tokens`` tokens into it:
-    the measurement that ``kv_cache_bytes_per_token`` is checked against."""
-    torch.manual_seed(seed)
-    model = GPT(cfg).eval()
+    """Bytes of the tensors a contiguous cache allocates for ``n_tokens``, once a model of ``cfg`` has
+    prefilled exactly that many positions into it: the cache's own count, set beside the formula of
+    ``kv_cache_bytes_per_token`` (the prefill checks the model uses that cache and no more positions)."""
+    with torch.random.fork_rng():  # the caller's random stream is left as it was
+        torch.manual_seed(seed)
+        model = GPT(cfg).eval()
+        tokens = torch.randint(0, cfg.vocab_size, (1, n_tokens))
     cache = ContiguousKVCache(cfg, batch_size=1, max_len=n_tokens)
     with torch.no_grad():
-        model(torch.randint(0, cfg.vocab_size, (1, n_tokens)), cache=cache)
+        model(tokens, cache=cache)
     if cache.seq_len != n_tokens:
         raise RuntimeError(f"the cache holds {cache.seq_len} tokens after a prefill of {n_tokens}")
     return cache.nbytes()

@@ -103,3 +103,15 @@ def free_device_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def run_point(measure: Callable[[], dict], **labels: Any) -> dict:
+    """Run one sweep point; an out-of-memory error becomes ``{"oom": True}`` and the sweep continues."""
+    try:
+        row = {**labels, **measure(), "oom": False}
+    except (RuntimeError, MemoryError) as err:
+        if not (isinstance(err, MemoryError) or is_out_of_memory(err)):
+            raise
+        row = {**labels, "oom": True}
+    free_device_memory()
+    return row

@@ -12,9 +12,8 @@ from typing import Sequence
 
 import torch
 
-from .bench import run_point
 from .config import ModelConfig
-from .memory import measure_peak
+from .memory import measure_peak, run_point
 from .model import GPT
 from .search import largest_fitting
 

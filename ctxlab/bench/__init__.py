@@ -6,7 +6,6 @@ a recorded "OOM" row so that a sweep goes on.
 from __future__ import annotations
 
 import os
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..memory import free_device_memory, is_out_of_memory
+from ..memory import run_point  # noqa: F401  (defined with the memory tools; every sweep uses it from here)
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -63,6 +62,8 @@ def _cpu_seconds_busy() -> float | None:
 
 def _cpu_seconds_ours() -> float:
     """CPU seconds of this process and of its children that have ended (launched ranks, once joined)."""
+    import resource  # POSIX only; where /proc/stat exists, so does this
+
     return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
                                                    resource.getrusage(resource.RUSAGE_CHILDREN)))
 
@@ -78,18 +79,6 @@ def with_other_load(fn: Callable[[], Any]) -> tuple[Any, float | None]:
         return result, None
     others = (busy_after - busy) - (_cpu_seconds_ours() - ours)
     return result, max(0.0, others / wall)
-
-
-def run_point(measure: Callable[[], dict], **labels: Any) -> dict:
-    """Run one sweep point; an out-of-memory error becomes ``{"oom": True}`` and the sweep continues."""
-    try:
-        row = {**labels, **measure(), "oom": False}
-    except (RuntimeError, MemoryError) as err:
-        if not (isinstance(err, MemoryError) or is_out_of_memory(err)):
-            raise
-        row = {**labels, "oom": True}
-    free_device_memory()
-    return row
 
 
 def relative_errors(rows: list[dict], predicted: str, measured: str, key: str = "rel_err") -> float:

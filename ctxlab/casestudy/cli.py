@@ -13,9 +13,11 @@ from .settings import QUICK, Settings, check_device, check_settings
 from .study import OUT_DIR, _log, check_data_parallel, run, summary_line
 
 
-def default_data_parallel(device: str) -> int:
-    """Every visible GPU when the device is 'cuda' and there are several; one process otherwise."""
-    return torch.cuda.device_count() if device == "cuda" and torch.cuda.device_count() > 1 else 1
+def default_data_parallel(device: str, s: Settings | None = None) -> int:
+    """As many of the visible GPUs as split every global batch evenly (device 'cuda'); one process otherwise."""
+    s = s or Settings()
+    gpus = torch.cuda.device_count() if device == "cuda" else 1
+    return max(n for n in range(1, max(gpus, 1) + 1) if s.batch % n == 0 and s.finetune_batch % n == 0)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
             s = replace(s, latency_lens=tuple(args.train_len * k for k in (1, 2, 4, 8, 16)))
         check_settings(s)
         check_device(args.device)
-        ranks = default_data_parallel(args.device) if args.data_parallel is None else args.data_parallel
+        ranks = default_data_parallel(args.device, s) if args.data_parallel is None else args.data_parallel
         check_data_parallel(ranks, s, args.device)
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"threads must be an int >= 1, got {args.threads}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attention import BACKENDS
-from ..config import ModelConfig
+from ..config import ModelConfig, positive_int, require
 from ..dialogue import DialogueSpec, dialogue_batch, min_length
 from ..extend import with_positions
 from ..positions import STATIC_SCALINGS
@@ -46,16 +46,11 @@ QUICK = Settings(train_len=48, base_steps=40, finetune_steps=6, batch=8, finetun
 def check_settings(s: Settings) -> None:
     """Reject bad settings before any work, naming the field and what it accepts."""
     def need(ok: bool, name: str, allowed: str) -> None:
-        if not ok:
-            raise ValueError(f"{name} must be {allowed}, got {getattr(s, name)!r}")
-
-    def posint(name: str) -> None:
-        v = getattr(s, name)
-        need(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, "a positive int")
+        require(ok, name, allowed, getattr(s, name))
 
     for name in ("train_len", "factor", "base_steps", "finetune_steps", "batch", "finetune_batch", "d_model",
                  "n_layers", "n_heads", "save_every", "eval_samples", "decode_tokens"):
-        posint(name)
+        positive_int(name, getattr(s, name))
     need(s.train_len >= 2 * min_length(0) and s.train_len % 2 == 0, "train_len",
          f"an even int >= {2 * min_length(0)} (room for facts and filler)")
     need(s.factor >= 2, "factor", "an int >= 2 (the extension multiplies the context)")

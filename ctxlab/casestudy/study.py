@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import write_json
+from ..config import positive_int
 from ..dialogue import answer_accuracy, dialogue_batch
 from ..extend import load_model, save_model
 from ..latency import context_latency
@@ -159,8 +160,7 @@ def training_memory(s: Settings, device: str) -> list[dict]:
 
 def check_data_parallel(n: object, s: Settings, device: str) -> int:
     """Ranks for the training stages: each must get a whole slice of every global batch."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"data_parallel must be an int >= 1, got {n!r}")
+    positive_int("data_parallel", n)
     if n > 1 and (s.batch % n or s.finetune_batch % n):
         raise ValueError(f"data_parallel must divide batch={s.batch} and finetune_batch={s.finetune_batch}, got {n}")
     if n > 1 and device != "cpu" and (device != "cuda" or torch.cuda.device_count() < n):

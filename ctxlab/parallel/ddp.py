@@ -47,7 +47,7 @@ class DataParallel(nn.Module):
         self._bucket_of = {p: i for i, bucket in enumerate(self.buckets) for p in bucket}
         self._ready = [0] * len(self.buckets)
         self._in_flight: list[tuple[int, Tensor, object]] = []
-        self.launch_times: list[float] = []  # perf_counter() of each bucket's all-reduce start, last step
+        self.launch_times: list[float] = []  # perf_counter() of each bucket's all-reduce start in the current step
         for p in params:
             p.register_post_accumulate_grad_hook(self._grad_ready)
 

@@ -100,14 +100,16 @@ def schedule_order(schedule: str, stage: int, n_stages: int, n_micro: int) -> li
 
 
 def run_schedule(stage: Stage, order: list[tuple[str, int]], tokens: list[Tensor], targets: list[Tensor],
-                 hidden_like: tuple, rank: int, recorder: EventRecorder, prefetch: bool | None = None) -> float:
+                 hidden_like: tuple, rank: int, recorder: EventRecorder, prefetch: bool | None = None,
+                 n_counted: int | None = None) -> float:
     """One training step over the micro-batches in ``order``; returns the summed loss on the last stage.
 
     Inputs from the neighbours and outputs to them go through ``comms.StageLinks``, which overlaps the
     transfers with compute where the backend allows (``prefetch``: None lets it choose).
     """
     inputs, outputs = {}, {}
-    n_counted = sum(int((t != -100).sum()) for t in targets) or 1  # every stage holds all the targets
+    if n_counted is None:  # the whole batch's scored targets (every stage holds all of them)
+        n_counted = sum(int((t != -100).sum()) for t in targets) or 1
     links = comms.StageLinks(order, rank, stage.is_first, stage.is_last, hidden_like, prefetch)
     losses = []
     for j, (kind, i) in enumerate(order):
@@ -131,7 +133,7 @@ def run_schedule(stage: Stage, order: list[tuple[str, int]], tokens: list[Tensor
             if not stage.is_first:
                 links.give(j, x.grad, rank - 1)
     comms.wait_for_sends()
-    return float(torch.stack(losses).sum()) if losses else 0.0  # one device sync per step
+    return float(torch.stack(losses).sum()) if losses else 0.0  # the loss read once per step
 
 
 def sync_tied_grad(stage: Stage, rank: int, n_stages: int) -> None:
@@ -177,13 +179,13 @@ def pipeline_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor
     hidden_like = ((tok_mbs[0].shape[0], tokens.shape[1], cfg.d_model), torch.float32, device)
     order = schedule_order(schedule, rank, world_size, n_micro)
     runs, loss, grads, peak_bytes = [], None, {}, None
-    native = _torch_schedule(stage, rank, world_size, n_micro, schedule, device,
-                             int((targets != -100).sum()) or 1) if impl == "torch" else None
+    n_counted = int((targets != -100).sum()) or 1  # the batch's scored targets, counted once
+    native = _torch_schedule(stage, rank, world_size, n_micro, schedule, device, n_counted) if impl == "torch" else None
 
     def one_step(recorder: EventRecorder) -> float:
         stage.zero_grad(set_to_none=True)
         if native is None:
-            return run_schedule(stage, order, tok_mbs, tgt_mbs, hidden_like, rank, recorder, prefetch)
+            return run_schedule(stage, order, tok_mbs, tgt_mbs, hidden_like, rank, recorder, prefetch, n_counted)
         return _run_torch_schedule(native, stage, tokens.to(device), targets.to(device))
 
     origin = clock_origin()

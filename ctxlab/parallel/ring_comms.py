@@ -56,9 +56,3 @@ class RingComm:
         for request in self._requests:
             request.wait()
         self._requests = []
-
-    def exchange(self, tensors: list[Tensor]) -> list[Tensor]:
-        """``start`` then ``wait``: a blocking shift of every tensor one rank along the ring."""
-        received = self.start(tensors)
-        self.wait()
-        return received
