@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -9,8 +11,11 @@ def _seed():
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Test tensors are small, and pytest-xdist already runs one worker per core: one thread each is fastest."""
+    """Test tensors are small, and pytest-xdist already runs one worker per core: one thread each is fastest.
+
+    ``OMP_NUM_THREADS`` set by hand (``OMP_NUM_THREADS=2 make unit``) is honoured, so that the tolerances are
+    checked under another reduction order too."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     yield
     torch.set_num_threads(threads)

@@ -1,6 +1,7 @@
 """The book's own rules for notebooks: executed, no stored errors, in the table of contents."""
 import json
 import pathlib
+import re
 
 import pytest
 
@@ -43,3 +44,47 @@ def test_no_control_characters_in_cell_sources(path):
     for i, cell in enumerate(json.loads(path.read_text())["cells"]):
         bad = {hex(ord(ch)) for ch in "".join(cell["source"]) if ord(ch) < 32 and ch != "\n"}
         assert not bad, f"{path.name} cell {i} has control characters {sorted(bad)}"
+
+
+# A number of 1e-5 or less with one to three significant digits, as a rounding error prints ("6.0e-07",
+# "6e-07", "1.23e-07"); a bound ("1e-05") or a value scaled down on purpose ("4.666e-06") is not one.
+TINY = re.compile(r"(?<![\w.])-?(?:\d\.\d{1,2}|[2-9])e-(?:0[5-9]|[1-9]\d)\b")
+# Compared outputs that print such a number on purpose, each with the reason it is the same everywhere.
+TINY_ALLOWED = {
+    ("07_math_model.ipynb", "-4.04e-06"): "the relative error of two byte counts: integers on every machine",
+}
+
+
+def _compared_text(cell: dict) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream":
+            parts.append("".join(out["text"]))
+        elif "text/plain" in out.get("data", {}) and "image/png" not in out["data"]:
+            parts.append("".join(out["data"]["text/plain"]))
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_compared_outputs_print_no_rounding_error_digits(path):
+    """A rounding error's digits change with the CPU, the kernel path and the thread count: nbval may compare
+    only the bound the cell asserts ("< 1e-5"); the digits belong in a cell tagged nbval-ignore-output."""
+    for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if cell["cell_type"] != "code" or tags & (SKIP_TAGS | {"nbval-ignore-output"}):
+            continue
+        tiny = [m for m in TINY.findall(_compared_text(cell)) if (path.name, m) not in TINY_ALLOWED]
+        assert not tiny, f"{path.name} cell {i} prints rounding-error digits {tiny} where nbval compares them"
+
+
+def test_the_rounding_error_check_would_catch_one():
+    cell = {"cell_type": "code", "outputs": [{"output_type": "stream", "text": ["max |a - b| = 6.0e-07\n"]}]}
+    assert TINY.findall(_compared_text(cell)) == ["6.0e-07"]
+    assert TINY.findall("errors 6e-07 and -1.23e-10") == ["6e-07", "-1.23e-10"]
+    assert not TINY.findall("norm 4.666e+00, scaled 4.666e-06, within 1e-05, 1.2e-03")
+
+
+def test_nbval_runs_under_the_portable_kernel_path():
+    """make nbval checks the stored (native) outputs under ATEN_CPU_CAPABILITY=default (CONTRIBUTING.md)."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert "NBVAL_CPU ?= default" in makefile and "ATEN_CPU_CAPABILITY=$(NBVAL_CPU)" in makefile
