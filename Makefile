@@ -62,7 +62,7 @@ gpucheck: $(STAMP)
 
 # The browser test's tools, installed when missing: Debian's chromium, and the JavaScript that the
 # pages load from jsDelivr (RequireJS, the widget manager, MathJax), taken from the npm registry
-# into .browser/ (ignored). Without them tests/test_browser.py skips, except under CI=true.
+# into .browser/ (ignored). Without them tests/book/test_browser.py skips, except under CI=true.
 BROWSER_JS ?= requirejs@2.3.8 @jupyter-widgets/html-manager@1.0.15 mathjax@3
 browserdeps:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \

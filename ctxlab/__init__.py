@@ -2,7 +2,7 @@
 from .attention import attention, chunked_attention, merge_partials, naive_attention, sdpa_attention
 from .config import ModelConfig, reference_config
 from .kvcache import ContiguousKVCache, PagedKVCache, kv_cache_bytes_per_token
-from .memory import measure_peak
+from .measure import measure_peak
 from .model import GPT
 
 __version__ = "0.1.0"

@@ -8,11 +8,15 @@ An optional float ``bias`` broadcastable to (B, H, Tq, Tk) is added to the score
 from __future__ import annotations
 
 import math
-from typing import Callable
+from functools import partial
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .config import positive_int
 
 
 def check_qkv(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, bias: Tensor | None = None) -> None:
@@ -105,16 +109,11 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: T
     return F.scaled_dot_product_attention(q, k, v, attn_mask=full)
 
 
-BACKENDS: dict[str, Callable[..., Tensor]] = {"naive": naive_attention, "sdpa": sdpa_attention}
-
-
 def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "sdpa", causal: bool = True,
               mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
-    """Dispatch to a backend by name (``bias`` is passed only when given, so any backend works without it)."""
+    """Dispatch to a backend by name: the sweeps' entry (a model calls its ``attention_function``)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {backend!r}")
-    if bias is None:
-        return BACKENDS[backend](q, k, v, causal=causal, mask=mask)
     return BACKENDS[backend](q, k, v, causal=causal, mask=mask, bias=bias)
 
 
@@ -253,18 +252,30 @@ def chunked_attention_with_lse(q: Tensor, k: Tensor, v: Tensor, causal: bool = T
                                q_chunk: int = 256, k_chunk: int = 256) -> tuple[Tensor, Tensor]:
     """Chunked attention returning (out, lse); lse (B, H, Tq) lets ``merge_partials`` combine key ranges."""
     check_qkv(q, k, v, mask)
-    for name, value in (("q_chunk", q_chunk), ("k_chunk", k_chunk)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    positive_int("q_chunk", q_chunk), positive_int("k_chunk", k_chunk)
     if mask is not None:
         mask = mask.expand(*mask.shape[:2], q.shape[2], k.shape[2])
     return ChunkedAttentionFunction.apply(q, k, v, causal, mask, q_chunk, k_chunk)
 
 
 def chunked_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None,
-                      q_chunk: int = 256, k_chunk: int = 256) -> Tensor:
+                      q_chunk: int = 256, k_chunk: int = 256, bias: Tensor | None = None) -> Tensor:
     """Flash-style attention in pure PyTorch: equal to ``naive_attention``, memory O(T) forward and backward."""
+    if bias is not None:
+        raise ValueError("the chunked kernel takes no additive bias (ALiBi): use attention='naive' or 'sdpa'")
     return chunked_attention_with_lse(q, k, v, causal, mask, q_chunk, k_chunk)[0]
 
 
-BACKENDS["chunked"] = chunked_attention
+# Read-only: a backend is chosen when a model is built (``attention_function``), never swapped in here.
+BACKENDS: Mapping[str, Callable[..., Tensor]] = MappingProxyType(
+    {"naive": naive_attention, "sdpa": sdpa_attention, "chunked": chunked_attention})
+
+
+def attention_function(backend: str, chunk: int = 256) -> Callable[..., Tensor]:
+    """The attention a model's layers call, chosen once when the model is built: f(q, k, v, causal, mask, bias).
+    ``chunk`` is the chunked kernel's block size, which trades one block of scores for loop steps."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {backend!r}")
+    if backend == "chunked":
+        return partial(chunked_attention, q_chunk=chunk, k_chunk=chunk)
+    return BACKENDS[backend]

@@ -131,14 +131,16 @@ def make_clipper(strategy: str, threshold: float = 1.0) -> Callable[[list[Tensor
     """A clipping function of the parameter list by name: none, norm, value, agc or article."""
     if strategy not in STRATEGIES:
         raise ValueError(f"clip strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if strategy != "none":
-        _positive_finite("threshold", threshold)
-    table = {"none": lambda ps: None,
-             "norm": lambda ps: clip_by_global_norm(ps, threshold),
-             "value": lambda ps: clip_by_value(ps, threshold),
-             "agc": lambda ps: adaptive_clip(ps, threshold),
-             "article": lambda ps: article_clip(ps, threshold)}
-    return table[strategy]
+    if strategy == "none":
+        return lambda ps: None
+    _positive_finite("threshold", threshold)
+    rule = RULES[strategy]
+    return lambda ps: rule(ps, threshold)
+
+
+# The one table of clipping rules by name: the training loop's ``clip=`` and the bench's comparisons read it.
+RULES: dict[str, Callable[..., object]] = {"norm": clip_by_global_norm, "value": clip_by_value,
+                                           "agc": adaptive_clip, "article": article_clip}
 
 
 def layer_of(name: str) -> str:

@@ -1,19 +1,26 @@
 """The model's shape and options, validated once so that every module can trust them."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, fields
 
-from .attention import BACKENDS
-from .positions import ROPE_SCALINGS, STATIC_SCALINGS
+from torch import Tensor
 
+# The names a config may choose. They are declared here, at the bottom of the package, and the modules
+# that implement them (attention.py, positions.py) build their tables from these names (a test checks).
+ATTENTION_BACKENDS = ("naive", "sdpa", "chunked")
+ROPE_SCALINGS = ("none", "pi", "ntk", "yarn", "dynamic_ntk")
+STATIC_SCALINGS = ("pi", "ntk", "yarn")  # a fixed scale s: positions up to s * original_len
 POSITION_ENCODINGS = ("rope", "alibi")
+IGNORE = -100  # the target value every loss skips (torch's cross_entropy default): prompts, padding, masks
 
 
 def positive_int(name: str, value: object) -> int:
-    """``value`` if it is an int > 0 (bool excluded); else a ValueError naming the parameter."""
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    """``value`` as an int if it is an integer > 0 (numpy's too; bool excluded); else a ValueError naming
+    the parameter."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return int(value)
 
 
 def require(ok: bool, name: str, allowed: str, value: object) -> None:
@@ -22,13 +29,25 @@ def require(ok: bool, name: str, allowed: str, value: object) -> None:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
+def check_token_batch(tokens: object, targets: object) -> None:
+    """Tokens and targets must be (batch, time) tensors of one shape: every parallel step splits them."""
+    if not isinstance(tokens, Tensor) or not isinstance(targets, Tensor) or tokens.dim() != 2 \
+            or tokens.shape != targets.shape:
+        raise ValueError(f"tokens and targets must be (batch, time) tensors of one shape, got "
+                         f"{tuple(getattr(tokens, 'shape', ())) or tokens!r} and "
+                         f"{tuple(getattr(targets, 'shape', ())) or targets!r}")
+
+
 def _require(ok: bool, name: str, allowed: str, value: object) -> None:
     require(ok, f"ModelConfig.{name}", allowed, value)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
-    """A small causal GPT. ``n_kv_heads < n_heads`` gives GQA, ``n_kv_heads == 1`` gives MQA."""
+    """A small causal GPT. ``n_kv_heads < n_heads`` gives GQA, ``n_kv_heads == 1`` gives MQA.
+
+    Frozen: a model reads its config once, when it is built, so a changed copy (``replace``) means a new
+    model; nothing can change a config that a model already holds."""
 
     vocab_size: int = 256
     d_model: int = 256
@@ -53,7 +72,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
-            self.n_kv_heads = self.n_heads
+            object.__setattr__(self, "n_kv_heads", self.n_heads)  # frozen: set once, here
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "mlp_ratio"):
             value = getattr(self, name)
             _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
@@ -63,7 +82,7 @@ class ModelConfig:
                  "n_kv_heads", f"a divisor of n_heads={self.n_heads}", self.n_kv_heads)
         _require(self.head_dim % 2 == 0, "d_model", "such that d_model / n_heads is even (RoPE rotates pairs)",
                  self.d_model)
-        _require(self.attention in BACKENDS, "attention", f"one of {tuple(BACKENDS)}", self.attention)
+        _require(self.attention in ATTENTION_BACKENDS, "attention", f"one of {ATTENTION_BACKENDS}", self.attention)
         _require(isinstance(self.rope_base, (int, float)) and self.rope_base > 1, "rope_base", "a number > 1",
                  self.rope_base)
         _require(self.rope_scaling in ROPE_SCALINGS, "rope_scaling", f"one of {ROPE_SCALINGS}", self.rope_scaling)
@@ -115,6 +134,18 @@ class ModelConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return ModelConfig(**values)
+
+
+def with_positions(cfg: ModelConfig, seq_len: int, scaling: str = "none", scale: float | None = None, *,
+                   original_len: int) -> ModelConfig:
+    """The config that reads ``seq_len`` tokens of a model trained at ``original_len``; a static scaling
+    defaults to s = max(1, seq_len / original_len)."""
+    if scaling == "none" or cfg.position_encoding == "alibi":
+        return cfg.replace(max_seq_len=seq_len)
+    s = float(max(1.0, seq_len / original_len) if scale is None else scale)
+    if scaling in STATIC_SCALINGS and seq_len > s * original_len:
+        s = seq_len / original_len  # past the fine-tuned range: stretch further, zero-shot
+    return cfg.replace(max_seq_len=seq_len, rope_scaling=scaling, rope_scale=s, rope_original_len=original_len)
 
 
 def reference_config(**changes) -> ModelConfig:

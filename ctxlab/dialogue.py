@@ -9,7 +9,7 @@ Layout of one sample of exactly ``seq_len`` tokens::
 
     BOS  ...filler turns and the three fact turns...  USER ASK KEY BOT  answer tokens
 
-A fact turn is ``USER KEY value...``. Targets are -100 everywhere except the answer tokens.
+A fact turn is ``USER KEY value...``. Targets are IGNORE (-100) everywhere except the answer tokens.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from .config import IGNORE, positive_int
 
 PAD, BOS, USER, BOT, ASK = 0, 1, 2, 3, 4
 KEYS = {"name": 5, "order": 6, "like": 7}
@@ -113,7 +115,7 @@ def make_dialogue(seq_len: int, distance: int, asked: str, g: torch.Generator,
     tokens[question_start:answer_start] = [USER, ASK, KEYS[asked], BOT]
     tokens[answer_start:] = answer
     # next-token targets: predict answer token i from the position just before it
-    targets = [-100] * seq_len
+    targets = [IGNORE] * seq_len
     for i in range(len(answer)):
         targets[answer_start - 1 + i] = answer[i]
     return tokens, targets
@@ -124,8 +126,7 @@ def dialogue_batch(batch_size: int, seq_len: int, g: torch.Generator, distance: 
                    min_distance: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """(tokens, targets, distances): distances drawn uniformly in [min_distance, max_distance] unless fixed
     (never below the shortest distance each asked fact allows)."""
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    positive_int("batch_size", batch_size)
     kinds = list(KEYS)
     hi = max_distance if max_distance is not None else seq_len - min_length(0)
     rows, tgts, dists = [], [], []
@@ -138,12 +139,3 @@ def dialogue_batch(batch_size: int, seq_len: int, g: torch.Generator, distance: 
         tgts.append(tgt)
         dists.append(d)
     return torch.tensor(rows), torch.tensor(tgts), torch.tensor(dists)
-
-
-@torch.no_grad()
-def answer_accuracy(model: torch.nn.Module, tokens: Tensor, targets: Tensor) -> Tensor:
-    """Per sample: 1.0 when every answer token is the model's argmax (teacher forcing), else 0.0."""
-    logits, _ = model(tokens)
-    mask = targets != -100
-    correct = (logits.argmax(-1) == targets) | ~mask
-    return correct.all(dim=1).float()

@@ -4,7 +4,7 @@
 (and an ALiBi twin); ``python -m ctxlab.extend extend`` fine-tunes it at ``FACTOR`` x that length
 with no scaling (the control), PI and YaRN. Checkpoints hold weights and config only (a few MB),
 are written atomically and load with ``weights_only=True``; a JSON beside them records the command,
-seeds and timings. ``passkey_accuracy`` is the measurement.
+seeds and timings. ``evaluate.passkey_accuracy`` is the measurement.
 """
 from __future__ import annotations
 
@@ -13,22 +13,19 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .atomic import write_json
-from .config import ModelConfig
-from .data import VOCAB_SIZE, passkey_batch, passkey_batches
+from .book_files import CHECKOUT_BOOK
+from .config import ModelConfig, with_positions
+from .data import FACTOR, TRAIN_LEN, VOCAB_SIZE, passkey_batches
+from .evaluate import passkey_accuracy
 from .model import GPT
-from .positions import STATIC_SCALINGS
-from .train import load_checkpoint, save_checkpoint, train
+from .train import load_model, save_model, train
 
-TRAIN_LEN, FACTOR = 128, 4
-CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "book" / "checkpoints" / "positions"
+CHECKPOINT_DIR = CHECKOUT_BOOK / "checkpoints" / "positions"
 BASE = dict(vocab_size=VOCAB_SIZE, d_model=64, n_layers=2, n_heads=4, max_seq_len=TRAIN_LEN)
 BATCH_TOKENS = 16 * TRAIN_LEN  # tokens per step, at every length
 FINETUNES = ("none", "pi", "yarn")
@@ -39,65 +36,6 @@ TRAIN_STEPS, EXTEND_STEPS = 2400, 150
 
 def base_config(position_encoding: str = "rope") -> ModelConfig:
     return ModelConfig(**BASE, position_encoding=position_encoding)
-
-
-def with_positions(cfg: ModelConfig, seq_len: int, scaling: str = "none", scale: float | None = None,
-                   original_len: int = TRAIN_LEN) -> ModelConfig:
-    """The config that reads ``seq_len`` tokens; a static scaling defaults to s = max(1, seq_len / original_len)."""
-    if scaling == "none" or cfg.position_encoding == "alibi":
-        return cfg.replace(max_seq_len=seq_len)
-    s = float(max(1.0, seq_len / original_len) if scale is None else scale)
-    if scaling in STATIC_SCALINGS and seq_len > s * original_len:
-        s = seq_len / original_len  # past the fine-tuned range: stretch further, zero-shot
-    return cfg.replace(max_seq_len=seq_len, rope_scaling=scaling, rope_scale=s, rope_original_len=original_len)
-
-
-def save_model(path: Path, model: GPT, meta: dict) -> None:
-    """Weights and config at ``path``, ``meta`` beside it as JSON; the JSON first, so a ``.pt`` on disk
-    always has its record (both writes are atomic)."""
-    write_json(path.with_suffix(".json"), meta, indent=2)
-    save_checkpoint(path, {"config": asdict(model.cfg), "model": model.state_dict(), "meta": meta})
-
-
-def load_model(path: str | Path, cfg: ModelConfig | Callable[[ModelConfig], ModelConfig] | None = None,
-               device: str = "cpu") -> GPT:
-    """Weights from ``path`` in a model built from ``cfg``: the saved config by default, or a function of
-    it (read from the same load). RoPE tables are not weights, so one checkpoint reads with any scaling."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; create it with `python -m ctxlab.extend train`")
-    state = load_checkpoint(path)
-    saved = ModelConfig(**state["config"])
-    model = GPT(cfg(saved) if callable(cfg) else cfg if cfg is not None else saved)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval()
-
-
-@torch.no_grad()
-def passkey_accuracy(model: GPT, seq_len: int, n: int = 200, seed: int = 10_000, depth=None, n_depths: int = 5,
-                     batch: int = 50) -> dict:
-    """All-digits-correct rate over ``n`` samples (greedy; teacher forcing reads all digits in one pass, and a
-    key is right exactly when greedy decoding would be), with per-sample correctness, depth, key position and
-    answer loss. With ``depth=None`` depths cycle over ``n_depths`` even steps from 0 to 1, so each is equally
-    tested; ``depth="random"`` draws them uniformly."""
-    if n < 1 or batch < 1 or n_depths < 2:
-        raise ValueError(f"n and batch must be >= 1 and n_depths >= 2, got n={n}, batch={batch}, n_depths={n_depths}")
-    device = next(model.parameters()).device
-    out = {"correct": [], "depth": [], "target_depth": [], "key_pos": [], "loss": []}
-    for start in range(0, n, batch):
-        m = min(batch, n - start)
-        d = [((start + i) % n_depths) / (n_depths - 1) for i in range(m)] if depth is None else \
-            (None if depth == "random" else depth)
-        b = passkey_batch(m, seq_len, seed + start, depth=d)
-        logits, _ = model(b.tokens.to(device))
-        answer = logits[:, b.answer_pos.to(device)].float().cpu()
-        out["correct"] += (answer.argmax(-1) == b.key).all(-1).tolist()
-        out["loss"] += F.cross_entropy(answer.transpose(1, 2), b.key, reduction="none").mean(-1).tolist()
-        out["depth"] += b.depth.tolist()
-        out["target_depth"] += list(d) if isinstance(d, list) else [d] * m
-        out["key_pos"] += b.key_pos.tolist()
-    out["accuracy"] = sum(out["correct"]) / n
-    return out
 
 
 def _log(msg: str) -> None:
@@ -125,7 +63,7 @@ def train_base(out: Path, steps: int, seed: int, position_encoding: str = "rope"
 def extend_base(out: Path, scaling: str, steps: int, seed: int, device: str = "cpu", eval_samples: int = 200) -> dict:
     seq_len = FACTOR * TRAIN_LEN
     model = load_model(out / "base.pt", lambda saved: with_positions(
-        saved, seq_len, scaling, scale=None if scaling == "none" else float(FACTOR)))
+        saved, seq_len, scaling, scale=None if scaling == "none" else float(FACTOR), original_len=TRAIN_LEN))
     cfg = model.cfg
     t0 = time.perf_counter()
     hist = train(model.train(), passkey_batches(BATCH_TOKENS // seq_len, seq_len, seed, loss_on="answer"), steps,

@@ -29,7 +29,7 @@ def matmul_params(cfg: ModelConfig) -> int:
 
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int, causal_skip: bool = False) -> float:
     """Training (fwd + bwd) attention FLOPs per token: 12 * L * d * T, halved when masked blocks are skipped."""
-    if seq_len <= 0:
+    if not seq_len > 0:  # a formula: any positive length, fractional ones included (solving for T)
         raise ValueError(f"seq_len must be positive, got {seq_len}")
     full = 12.0 * cfg.n_layers * cfg.d_model * seq_len
     return full / 2 if causal_skip else full

@@ -17,7 +17,8 @@ from typing import Callable
 import torch
 
 from .atomic import write_json
-from .bench import median_ms, run_point
+from .measure import median_ms, run_point
+from .search import search
 from .bench.attention import sweep
 from .gpu_results import validate
 from .gpucheck_parallel import parallel_checks
@@ -60,30 +61,13 @@ def training_step_fn(cfg, seq_len: int, device: str, dtype: torch.dtype) -> Call
 def largest_context(cfg, device: str, dtype: torch.dtype, start: int, limit: int, max_probe_s: float) -> dict:
     """Real search: double T until a training step runs out of memory (or a probe passes ``max_probe_s``
     or T reaches ``limit``), then bisect between the last fit and the first failure."""
-    def fits(t: int) -> tuple[bool, float]:
-        row = run_point(lambda: {"s": median_ms(training_step_fn(cfg, t, device, dtype), 1, 0, device) / 1e3})
-        return (not row["oom"], row.get("s", float("nan")))
+    def fits(t: int) -> bool:
+        return not run_point(lambda: {"s": median_ms(training_step_fn(cfg, t, device, dtype), 1, 0, device)})["oom"]
 
-    probes, lo, hi, stopped = [], 0, start, "oom"
-    while hi <= limit:
-        ok, secs = fits(hi)
-        probes.append({"T": hi, "fits": ok, "s": secs})
-        if not ok:
-            break
-        lo = hi
-        if secs > max_probe_s:
-            stopped = "time"
-            break
-        hi *= 2
-    else:
-        stopped = "limit"
-    if stopped == "oom":
-        while hi - lo > max(start // 4, 64):
-            mid = (lo + hi) // 2 // 64 * 64
-            ok, secs = fits(mid)
-            probes.append({"T": mid, "fits": ok, "s": secs})
-            lo, hi = (mid, hi) if ok else (lo, mid)
-    return {"largest_fitting_T": lo, "stopped_by": stopped, "probes": probes}
+    found = search(fits, 64, start=start, limit=limit, time_cap_s=max_probe_s, tolerance=0.125)
+    stopped = {"failure": "oom"}.get(found.stopped_by, found.stopped_by)
+    return {"largest_fitting_T": found.largest, "stopped_by": stopped,
+            "probes": [{"T": t, "fits": ok, "s": s} for t, ok, s in found.probes]}
 
 
 def step_throughput(cfg, seq_len: int, device: str, dtype: torch.dtype, peak_tflops: float | None) -> dict:

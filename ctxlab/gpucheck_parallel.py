@@ -26,7 +26,8 @@ def _max_diff(a: dict, b: dict) -> float:
 
 def ddp_check(backend: str, world_size: int) -> dict:
     """Ours and torch's DDP against one process: largest loss and gradient differences."""
-    from .parallel.ddp import ddp_compare_worker, train_single
+    from .parallel.ddp import ddp_compare_worker
+    from .train import train_single
 
     x, y = _batch(4)
     ref = train_single(CFG, x, y, steps=3)
@@ -41,7 +42,8 @@ def ddp_check(backend: str, world_size: int) -> dict:
 
 def pipeline_check(backend: str, world_size: int) -> dict:
     """GPipe and 1F1B (ours) over ``world_size`` stages against one process."""
-    from .parallel.pipeline import SCHEDULES, merge_grads, schedules_worker, single_process_step
+    from .bench.pipeline_torch import merge_grads, schedules_worker, single_process_step
+    from .parallel.bubble import SCHEDULES
 
     cfg = CFG.replace(n_layers=max(2, world_size))
     x, y = _batch(6, seed=2)

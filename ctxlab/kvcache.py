@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .config import ModelConfig
-from .model import GPT
+from .config import ModelConfig, positive_int
 
 
 def kv_cache_bytes_per_token(cfg: ModelConfig, bytes_per_element: int = 4) -> int:
@@ -17,13 +16,38 @@ def kv_cache_bytes_per_token(cfg: ModelConfig, bytes_per_element: int = 4) -> in
     return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * bytes_per_element
 
 
-class ContiguousKVCache:
+class LayerView:
+    """One layer's part of a cache, as its attention sees it: append this step's k/v, get every k/v so far.
+    Taken before the step (``cache.view(layer)``), so every layer of one step writes at the same start."""
+
+    def __init__(self, cache: "ContiguousKVCache | PagedKVCache", layer: int):
+        self.cache, self.layer, self.start = cache, layer, cache.seq_len
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return self.cache.write(self.layer, self.start, k, v)
+
+
+class _KVCache:
+    """What every cache offers the model: a view per layer, and ``advance`` once a step's layers have run."""
+
+    seq_len: int
+
+    def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def view(self, layer: int) -> LayerView:
+        return LayerView(self, layer)
+
+    def advance(self, t: int) -> None:
+        self.seq_len += t
+
+
+class ContiguousKVCache(_KVCache):
     """One preallocated (batch, kv_heads, max_len, head_dim) buffer per layer for k and for v."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32):
-        if batch_size <= 0 or max_len <= 0:
-            raise ValueError(f"batch_size and max_len must be positive, got {batch_size} and {max_len}")
+        positive_int("batch_size", batch_size), positive_int("max_len", max_len)
         shape = (cfg.n_layers, batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -39,36 +63,16 @@ class ContiguousKVCache:
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
-    def advance(self, t: int) -> None:
-        self.seq_len += t
-
     def nbytes(self) -> int:
         """Bytes reserved by the cache (what it costs whether or not the positions are used)."""
         return self.k.nbytes + self.v.nbytes
-
-
-def filled_cache_bytes(cfg: ModelConfig, n_tokens: int, seed: int = 0) -> int:
-    """Bytes of the tensors a contiguous cache allocates for ``n_tokens``, once a model of ``cfg`` has
-    prefilled exactly that many positions into it: the cache's own count, set beside the formula of
-    ``kv_cache_bytes_per_token`` (the prefill checks the model uses that cache and no more positions)."""
-    with torch.random.fork_rng():  # the caller's random stream is left as it was
-        torch.manual_seed(seed)
-        model = GPT(cfg).eval()
-        tokens = torch.randint(0, cfg.vocab_size, (1, n_tokens))
-    cache = ContiguousKVCache(cfg, batch_size=1, max_len=n_tokens)
-    with torch.no_grad():
-        model(tokens, cache=cache)
-    if cache.seq_len != n_tokens:
-        raise RuntimeError(f"the cache holds {cache.seq_len} tokens after a prefill of {n_tokens}")
-    return cache.nbytes()
 
 
 class BlockAllocator:
     """Hands out fixed-size blocks of a shared pool and takes them back (a free list)."""
 
     def __init__(self, num_blocks: int):
-        if not isinstance(num_blocks, int) or num_blocks <= 0:
-            raise ValueError(f"num_blocks must be a positive int, got {num_blocks!r}")
+        positive_int("num_blocks", num_blocks)
         self.num_blocks = num_blocks
         self.free_blocks = list(range(num_blocks - 1, -1, -1))
 
@@ -86,7 +90,7 @@ class BlockAllocator:
         self.free_blocks.extend(reversed(blocks))
 
 
-class PagedKVCache:
+class PagedKVCache(_KVCache):
     """KV cache in fixed-size blocks from one pool, with a block table per sequence (as in vLLM).
 
     A sequence holds ceil(len / block_size) blocks instead of a max_len reservation, so the waste is
@@ -96,9 +100,7 @@ class PagedKVCache:
 
     def __init__(self, cfg: ModelConfig, batch_size: int, num_blocks: int, block_size: int = 16,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        for name, value in (("batch_size", batch_size), ("block_size", block_size)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        positive_int("batch_size", batch_size), positive_int("block_size", block_size)
         self.allocator = BlockAllocator(num_blocks)
         shape = (cfg.n_layers, num_blocks, cfg.n_kv_heads, block_size, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
@@ -141,9 +143,6 @@ class PagedKVCache:
         blocks, offsets = self._slots(0, end)
         return (self.k[layer, blocks, :, offsets].permute(0, 2, 1, 3),
                 self.v[layer, blocks, :, offsets].permute(0, 2, 1, 3))
-
-    def advance(self, t: int) -> None:
-        self.seq_len += t
 
     def block_bytes(self) -> int:
         return 2 * self.k[:, 0].nbytes

@@ -12,17 +12,16 @@ from typing import Sequence
 
 import torch
 
-from .bench import median_ms, synchronize
+from .config import positive_int
 from .kvcache import ContiguousKVCache, kv_cache_bytes_per_token
-from .memory import measure_peak
+from .measure import measure_peak, median_ms, synchronize
 from .model import GPT
 
 
 @torch.no_grad()
 def decode_ms_per_token(model: GPT, prompt: torch.Tensor, new_tokens: int, repeats: int = 5) -> float:
     """Median time of one greedy step with a KV cache after a ``prompt`` prefill (the prefill is not timed)."""
-    if new_tokens < 1 or repeats < 1:
-        raise ValueError(f"new_tokens and repeats must be >= 1, got {new_tokens} and {repeats}")
+    positive_int("new_tokens", new_tokens), positive_int("repeats", repeats)
     device = prompt.device
     times = []
     for _ in range(repeats + 1):  # the first round warms up

@@ -3,7 +3,7 @@
 The prediction counts the tensors PyTorch keeps: parameters, gradients, AdamW's two moments, and
 per layer the activations that autograd saves for backward (all of them, or only each block's
 input when the block is recomputed), plus the logits and the largest temporaries of backward.
-The measurement runs the step under :class:`~ctxlab.memory.LiveStorageTracker`; on CPU it can run
+The measurement runs the step under :class:`~ctxlab.measure.LiveStorageTracker`; on CPU it can run
 under ``FakeTensorMode``, which allocates nothing and computes nothing but reports the same bytes.
 """
 from __future__ import annotations
@@ -12,10 +12,12 @@ from typing import Sequence
 
 import torch
 
-from .config import ModelConfig
-from .memory import measure_peak, run_point
+from .config import ModelConfig, positive_int
+from .flops import block_matmul_params
+from .kvcache import ContiguousKVCache
+from .measure import measure_peak, run_point
 from .model import GPT
-from .search import largest_fitting
+from .search import largest_fitting, search
 
 # A technique is a set of config changes; "all" combines every memory option of chapter 2.
 TECHNIQUES: dict[str, dict] = {
@@ -41,17 +43,17 @@ def apply_techniques(cfg: ModelConfig, techniques: Sequence[str]) -> ModelConfig
 
 
 def count_params(cfg: ModelConfig) -> int:
-    """Distinct parameters of ``GPT(cfg)``, by formula (a tied head and shared blocks count once)."""
-    d, kv, ff = cfg.d_model, cfg.n_kv_heads * cfg.head_dim, cfg.mlp_ratio * cfg.d_model
-    block = d * d + d * 2 * kv + d * d + 2 * d * ff + 4 * d
+    """Distinct parameters of ``GPT(cfg)``, by formula (a tied head and shared blocks count once): each
+    block's matrices (``flops.block_matmul_params``) and its two LayerNorms, the embedding, the head."""
+    d = cfg.d_model
+    block = block_matmul_params(cfg) + 4 * d  # two LayerNorms of weight and bias
     blocks = 1 if cfg.share_layers else cfg.n_layers
     return cfg.vocab_size * d * (1 if cfg.tie_weights else 2) + blocks * block + 2 * d
 
 
 def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_per_element: int = 4) -> dict:
     """Predicted bytes at the peak of one AdamW training step, by part (see the module docstring)."""
-    if not isinstance(seq_len, int) or seq_len <= 0 or not isinstance(batch, int) or batch <= 0:
-        raise ValueError(f"seq_len and batch must be positive ints, got {seq_len!r} and {batch!r}")
+    positive_int("seq_len", seq_len), positive_int("batch", batch)
     e, t, n = bytes_per_element, seq_len, seq_len * batch
     d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
     kv, ff, v = cfg.n_kv_heads * hd, cfg.mlp_ratio * d, cfg.vocab_size
@@ -125,8 +127,7 @@ def measure_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, device: 
     """
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
-    if not isinstance(seq_len, int) or seq_len <= 0:
-        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+    positive_int("seq_len", seq_len)
     if fake and torch.device(device).type == "cpu":
         from torch._subclasses.fake_tensor import FakeTensorMode
         with FakeTensorMode():
@@ -171,27 +172,26 @@ def max_context(cfg: ModelConfig, budget_bytes: float, techniques: Sequence[str]
         row = run_point(lambda: measure_step_memory(traced, t, batch, device))
         return float("inf") if row["oom"] else row["total"]
 
-    cost = predicted if method == "predict" else measured
-    g = granularity
-    # predicted memory grows with T, so bisection on it is exact; it also gives the measured search its start
-    lo = largest_fitting(lambda t: predicted(t) <= budget_bytes, g)
+    # predicted memory grows with T, so bisection on it is exact; it also gives the measured search its start,
+    # from which steps of 10% find the measured boundary in a few probes
+    lo = largest_fitting(lambda t: predicted(t) <= budget_bytes, granularity)
     if method == "predict":
         return lo
-    lo = max(g, lo)
-    if cost(lo) <= budget_bytes:  # grow until a probe fails
-        hi = lo
-        while cost(hi) <= budget_bytes:
-            lo, hi = hi, -(-int(hi * 1.1) // g) * g
-    else:  # shrink until a probe fits
-        hi = lo
-        while True:
-            lo = int(hi / 1.1) // g * g
-            if lo < g:
-                return 0
-            if cost(lo) <= budget_bytes:
-                break
-            hi = lo
-    while hi - lo > max(g, tolerance * lo):
-        mid = (lo + hi) // 2 // g * g
-        lo, hi = (mid, hi) if cost(mid) <= budget_bytes else (lo, mid)
-    return lo
+    return search(lambda t: measured(t) <= budget_bytes, granularity, start=lo, factor=1.1,
+                  tolerance=tolerance).largest
+
+
+def filled_cache_bytes(cfg: ModelConfig, n_tokens: int, seed: int = 0) -> int:
+    """Bytes of the tensors a contiguous cache allocates for ``n_tokens``, once a model of ``cfg`` has
+    prefilled exactly that many positions into it: the cache's own count, set beside the formula of
+    ``kv_cache_bytes_per_token`` (the prefill checks the model uses that cache and no more positions)."""
+    with torch.random.fork_rng():  # the caller's random stream is left as it was
+        torch.manual_seed(seed)
+        model = GPT(cfg).eval()
+        tokens = torch.randint(0, cfg.vocab_size, (1, n_tokens))
+    cache = ContiguousKVCache(cfg, batch_size=1, max_len=n_tokens)
+    with torch.no_grad():
+        model(tokens, cache=cache)
+    if cache.seq_len != n_tokens:
+        raise RuntimeError(f"the cache holds {cache.seq_len} tokens after a prefill of {n_tokens}")
+    return cache.nbytes()

@@ -2,7 +2,9 @@
 
 Read top to bottom: ``CausalSelfAttention``, ``MLP``, ``Block``, ``GPT``. The attention backend,
 the number of k/v heads, weight tying and the memory options (activation checkpointing, cross-layer
-sharing, chunked MLP and chunked loss) come from ``ModelConfig``.
+sharing, chunked MLP and chunked loss) come from ``ModelConfig``, read once when the model is built.
+Every layer gets the tokens' ``Positions`` (RoPE tables or ALiBi bias, and the mask) as one object,
+and, when decoding, its own view of the KV cache.
 """
 from __future__ import annotations
 
@@ -13,35 +15,32 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import attention, chunked_attention
-from .config import ModelConfig
-from .positions import RotaryEmbedding, alibi_bias, alibi_slopes, apply_rope
+from .attention import attention_function
+from .config import IGNORE, ModelConfig, positive_int
+from .kvcache import LayerView
+from .positions import Positions, RotaryEmbedding, alibi_bias, alibi_slopes, apply_rope
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg = cfg
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        # chosen once; context parallelism swaps it for ring attention, and puts it back (parallel/context.py)
+        self.attend = attention_function(cfg.attention, cfg.attn_chunk)
         self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.kv_proj = nn.Linear(cfg.d_model, 2 * cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, mask: Tensor | None = None,
-                cache=None, layer: int = 0, start: int = 0, bias: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, pos: Positions, cache: LayerView | None = None) -> Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv_proj(x).view(b, t, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        if cos is not None:  # RoPE; with ALiBi the positions enter as ``bias`` instead
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if pos.cos is not None:  # RoPE; with ALiBi the positions enter as ``pos.bias`` instead
+            q, k = apply_rope(q, pos.cos, pos.sin), apply_rope(k, pos.cos, pos.sin)
         if cache is not None:  # decode: append this step's k/v and attend over everything cached
-            k, v = cache.write(layer, start, k, v)
-        if self.cfg.attention == "chunked":  # the block size trades one block of scores for loop steps
-            c = self.cfg.attn_chunk
-            y = chunked_attention(q, k, v, causal=True, mask=mask, q_chunk=c, k_chunk=c)
-        else:
-            y = attention(q, k, v, backend=self.cfg.attention, causal=True, mask=mask, bias=bias)
+            k, v = cache.append(k, v)
+        y = self.attend(q, k, v, causal=True, mask=pos.mask, bias=pos.bias)
         return self.dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, -1)))
 
 
@@ -73,9 +72,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor | None, sin: Tensor | None, mask: Tensor | None = None,
-                cache=None, layer: int = 0, start: int = 0, bias: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, mask, cache, layer, start, bias)
+    def forward(self, x: Tensor, pos: Positions, cache: LayerView | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), pos, cache)
         return x + self.mlp(self.norm2(x))
 
 
@@ -112,47 +110,61 @@ class GPT(nn.Module):
 
     def forward(self, tokens: Tensor, targets: Tensor | None = None, positions: Tensor | None = None,
                 mask: Tensor | None = None, cache=None) -> tuple[Tensor, Tensor | None]:
-        """Return (logits, loss); loss is None without targets. Targets equal to -100 are ignored.
+        """Return (logits, loss); loss is None without targets. Targets equal to IGNORE (-100) are ignored.
 
         ``positions`` is (T,) or (B, T); ``mask`` a bool (B|1, 1, T, T) mask (packed documents). With
         ``loss_chunk`` set and targets given, logits are None: not keeping them is the point.
         """
+        t = self._check_length(tokens, cache)
+        x = self.embed(tokens)
+        pos = self.encode_positions(positions, t, x.dtype, mask, cache)
+        for i in range(self.cfg.n_layers):
+            block = self.blocks[i % len(self.blocks)]
+            if cache is not None:
+                x = block(x, pos, cache.view(i))
+            elif self.cfg.recomputes(i) and torch.is_grad_enabled():
+                x = checkpoint(block, x, pos, use_reentrant=False)  # keep the input; rebuild the rest in backward
+            else:
+                x = block(x, pos)
+        if cache is not None:
+            cache.advance(t)
+        return self._logits_and_loss(self.norm(x), targets)
+
+    def _check_length(self, tokens: Tensor, cache) -> int:
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (batch, time), got shape {tuple(tokens.shape)}")
         t = tokens.shape[1]
-        start = cache.seq_len if cache is not None else 0
-        if positions is None:
-            positions = torch.arange(start, start + t, device=tokens.device)
-        if start + t > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len={self.cfg.max_seq_len}; "
+        end = t + (cache.seq_len if cache is not None else 0)
+        if end > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {end} tokens exceeds max_seq_len={self.cfg.max_seq_len}; "
                              "raise max_seq_len or configure a RoPE scaling (chapter 6)")
-        x = self.embed(tokens)
-        cos = sin = bias = None
+        return t
+
+    def encode_positions(self, positions: Tensor | None, t: int, dtype: torch.dtype, mask: Tensor | None = None,
+                         cache=None) -> Positions:
+        """The tokens' positions as the layers take them: RoPE's cos/sin, or ALiBi's bias; and the mask.
+        Without ``positions`` the tokens follow what the cache holds (0 without a cache)."""
+        start = cache.seq_len if cache is not None else 0
+        device = self.embed.weight.device
+        if positions is None:
+            positions = torch.arange(start, start + t, device=device)
         if self.cfg.position_encoding == "alibi":
-            k_positions = torch.arange(start + t, device=tokens.device) if cache is not None else positions
-            bias = alibi_bias(self.alibi_slopes, positions, k_positions).to(x.dtype)
-        elif positions.dim() == 2:  # one row of positions per sequence (packed documents restart at 0)
-            cos, sin = (c.view(*positions.shape, -1).unsqueeze(1) for c in self.rope(positions.reshape(-1), x.dtype))
+            keys = torch.arange(start + t, device=device) if cache is not None else positions
+            return Positions(bias=alibi_bias(self.alibi_slopes, positions, keys).to(dtype), mask=mask)
+        if positions.dim() == 2:  # one row of positions per sequence (packed documents restart at 0)
+            cos, sin = (c.view(*positions.shape, -1).unsqueeze(1) for c in self.rope(positions.reshape(-1), dtype))
         else:
-            cos, sin = self.rope(positions, x.dtype)
-        for i in range(self.cfg.n_layers):
-            block = self.blocks[i % len(self.blocks)]
-            if self.cfg.recomputes(i) and cache is None and torch.is_grad_enabled():
-                # keep only the block's input; its activations are rebuilt during backward
-                x = checkpoint(block, x, cos, sin, mask, None, i, start, bias, use_reentrant=False)
-            else:
-                x = block(x, cos, sin, mask, cache, i, start, bias)
-        if cache is not None:
-            cache.advance(t)
-        x = self.norm(x)
+            cos, sin = self.rope(positions, dtype)
+        return Positions(cos=cos, sin=sin, mask=mask)
+
+    def _logits_and_loss(self, x: Tensor, targets: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
         if targets is not None and self.cfg.loss_chunk > 0:
             # the logits are never all alive at once, so they are not returned
             return None, chunked_cross_entropy(x, self.head.weight, targets, self.cfg.loss_chunk)
         logits = self.head(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                   ignore_index=-100)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
         return logits, loss
 
     @torch.no_grad()
@@ -173,15 +185,14 @@ def chunked_cross_entropy(hidden: Tensor, head_weight: Tensor, targets: Tensor, 
     """Mean cross-entropy over tokens, computing (chunk x vocab) logits at a time.
 
     Each chunk's logits are recomputed in backward, so peak memory holds one chunk of logits instead
-    of T x vocab; the loss equals ``F.cross_entropy`` on the full logits (targets -100 ignored).
+    of T x vocab; the loss equals ``F.cross_entropy`` on the full logits (targets equal to IGNORE skipped).
     """
-    if not isinstance(chunk, int) or chunk <= 0:
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    positive_int("chunk", chunk)
     h, y = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
 
     def chunk_loss(h_part: Tensor, y_part: Tensor) -> Tensor:
-        return F.cross_entropy((h_part @ head_weight.t()).float(), y_part, ignore_index=-100, reduction="sum")
+        return F.cross_entropy((h_part @ head_weight.t()).float(), y_part, ignore_index=IGNORE, reduction="sum")
 
     total = sum(checkpoint(chunk_loss, hp, yp, use_reentrant=False) if torch.is_grad_enabled() else chunk_loss(hp, yp)
                 for hp, yp in zip(h.split(chunk), y.split(chunk)))
-    return total / (y != -100).sum()
+    return total / (y != IGNORE).sum()

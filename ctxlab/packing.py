@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-IGNORE = -100  # target value that the loss skips
+from .config import IGNORE, positive_int
+
 
 
 @dataclass
@@ -75,8 +76,7 @@ def pad_documents(docs: list[Tensor], pad_id: int = 0) -> Batch:
 def pack_documents(docs: list[Tensor], seq_len: int, pad_id: int = 0) -> Batch:
     """Documents end to end in rows of ``seq_len`` (first fit, in order of decreasing length)."""
     _check_docs(docs)
-    if not isinstance(seq_len, int) or seq_len <= 0:
-        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+    positive_int("seq_len", seq_len)
     longest = max(d.numel() for d in docs)
     if longest > seq_len:
         raise ValueError(f"a document of {longest} tokens does not fit seq_len={seq_len}; split it or raise seq_len")

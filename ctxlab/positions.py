@@ -17,13 +17,28 @@ new inverse frequencies and an attention factor (multiplied into cos and sin, he
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-ROPE_SCALINGS = ("none", "pi", "ntk", "yarn", "dynamic_ntk")
-STATIC_SCALINGS = ("pi", "ntk", "yarn")  # a fixed scale s: positions up to s * original_len
+from .config import ROPE_SCALINGS, STATIC_SCALINGS, positive_int  # noqa: F401  (the names a config may choose)
+
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Where the tokens sit, in the form an attention layer takes it: RoPE's cos and sin tables (rotate q
+    and k) or ALiBi's bias (added to the scores), and the mask of packed documents. One object travels
+    through every layer instead of a growing list of arguments."""
+
+    cos: Tensor | None = None
+    sin: Tensor | None = None
+    bias: Tensor | None = None
+    mask: Tensor | None = None
+
+
 YARN_ALPHA, YARN_BETA = 1.0, 32.0  # the paper's bounds for LLaMA
 
 
@@ -39,8 +54,7 @@ def rope_inv_freq(head_dim: int, base: float = 10000.0) -> Tensor:
 def _check_scale(scale: float, original_len: int) -> None:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 1:
         raise ValueError(f"scale must be a number >= 1 (1 = no stretch), got {scale!r}")
-    if isinstance(original_len, bool) or not isinstance(original_len, int) or original_len <= 0:
-        raise ValueError(f"original_len must be a positive int (the trained length), got {original_len!r}")
+    positive_int("original_len", original_len)  # the trained length
 
 
 def rope_none(head_dim: int, base: float, scale: float = 1.0, original_len: int = 1) -> tuple[Tensor, float]:
@@ -96,8 +110,7 @@ def rope_dynamic_ntk(head_dim: int, base: float, scale: float, original_len: int
     ``scale`` is not used (the length sets it); it is accepted so every scaling has one signature.
     """
     _check_scale(scale, original_len)
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
-        raise ValueError(f"seq_len must be a positive int for dynamic_ntk, got {seq_len!r}")
+    positive_int("seq_len", seq_len)
     s = max(1.0, seq_len / original_len)
     return rope_ntk(head_dim, base, s, original_len) if s > 1 else rope_none(head_dim, base)
 
@@ -165,8 +178,7 @@ class RotaryEmbedding(nn.Module):
 
 def alibi_slopes(n_heads: int) -> Tensor:
     """ALiBi head slopes (Press et al. 2022): 2^(-8i/n) for i = 1..n, with the paper's rule for n not a power of 2."""
-    if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads <= 0:
-        raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+    positive_int("n_heads", n_heads)
     closest = 2 ** math.floor(math.log2(n_heads))
     slopes = [2.0 ** (-8.0 * i / closest) for i in range(1, closest + 1)]
     if closest < n_heads:  # take every other slope of the next power of two

@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .atomic import atomic_write
+from .atomic import atomic_write, write_json
 from .clipping import STRATEGIES, GradNormMonitor, make_clipper
-from .config import require
-from .parallel.launch import rank_device
+from .config import IGNORE, ModelConfig, check_token_batch, positive_int, require
+from .model import GPT
 
 BatchFn = Callable[[int], "tuple[Tensor, Tensor]"]
 ClipArg = Union[None, float, str, Callable[[list], object]]
@@ -121,22 +121,45 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def save_model(path: str | os.PathLike, model: GPT, meta: dict) -> None:
+    """Weights and config at ``path``, ``meta`` beside it as JSON; the JSON first, so a ``.pt`` on disk
+    always has its record (both writes are atomic)."""
+    path = Path(path)
+    write_json(path.with_suffix(".json"), meta, indent=2)
+    save_checkpoint(path, {"config": asdict(model.cfg), "model": model.state_dict(), "meta": meta})
+
+
+def load_model(path: str | Path, cfg: ModelConfig | Callable[[ModelConfig], ModelConfig] | None = None,
+               device: str = "cpu") -> GPT:
+    """Weights from ``path`` in a model built from ``cfg``: the saved config by default, or a function of
+    it (read from the same load). RoPE tables are not weights, so one checkpoint reads with any scaling."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; create it with `python -m ctxlab.extend train`")
+    state = load_checkpoint(path)
+    saved = ModelConfig(**state["config"])
+    model = GPT(cfg(saved) if callable(cfg) else cfg if cfg is not None else saved)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _sum_over_ranks(x: float) -> float:
-    """x summed over the ranks of the default group (a number per rank; each rank's loss is over its slice)."""
-    t = torch.tensor([x], dtype=torch.float64, device=rank_device())
+def _sum_over_ranks(x: float, device: torch.device) -> float:
+    """x summed over the ranks of the default group (a number per rank; each rank's loss is over its slice),
+    on the device the rank computes on (NCCL reduces only GPU tensors)."""
+    t = torch.tensor([x], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item()
 
 
-def _token_share(targets: Tensor, ignore_index: int = -100) -> float:
+def _token_share(targets: Tensor, device: torch.device, ignore_index: int = IGNORE) -> float:
     """world size x this rank's share of the counted targets: scales a rank's mean loss so that averaging
     the ranks' gradients gives the gradient of the global batch's mean (masked targets differ per slice)."""
     local = float((targets != ignore_index).sum())
-    return local * dist.get_world_size() / max(_sum_over_ranks(local), 1.0)
+    return local * dist.get_world_size() / max(_sum_over_ranks(local, device), 1.0)
 
 
 def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, warmup: int = 0,
@@ -221,12 +244,12 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
             tokens, targets = get_batch(step * accum + micro)
             _, loss = model(tokens.to(device), targets.to(device))
             if sync is not None:
-                loss = loss * _token_share(targets)
+                loss = loss * _token_share(targets, device)
             (loss / accum).backward()
             loss_sum += loss.item()
         if sync is not None:
             sync()
-            loss_sum = _sum_over_ranks(loss_sum) / dist.get_world_size()
+            loss_sum = _sum_over_ranks(loss_sum, device) / dist.get_world_size()
         grad_norm = monitor.observe(bare, clip_fn)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -247,3 +270,27 @@ def train(model: nn.Module, get_batch: BatchFn, steps: int, lr: float = 1e-3, wa
     if checkpoint_path is not None and not result.diverged:
         checkpoint(result.steps_done)
     return result
+
+
+def train_single(cfg: ModelConfig, tokens: Tensor, targets: Tensor, steps: int = 5, lr: float = 1e-3,
+                 seed: int = 0) -> dict:
+    """The reference every parallel run is tested against: one process, the whole global batch, AdamW.
+
+    Returns the loss of every step and the first step's gradients, by parameter name."""
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    check_token_batch(tokens, targets)
+    positive_int("steps", steps)
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses, grads = [], {}
+    for step in range(steps):
+        _, loss = model(tokens, targets)
+        loss.backward()
+        if step == 0:
+            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return {"losses": losses, "grads": grads}

@@ -84,3 +84,11 @@ def test_non_boolean_mask_and_unknown_backend():
         naive_attention(q, k, v, mask=torch.ones(1, 1, 16, 16))
     with pytest.raises(ValueError, match="backend must be one of"):
         attention(q, k, v, backend="nope")
+
+
+def test_the_backend_table_is_what_a_config_may_name_and_read_only():
+    from ctxlab.config import ATTENTION_BACKENDS
+
+    assert tuple(BACKENDS) == ATTENTION_BACKENDS
+    with pytest.raises(TypeError):
+        BACKENDS["ring"] = naive_attention  # a backend is chosen when a model is built, never added here

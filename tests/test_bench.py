@@ -4,7 +4,8 @@ import sys
 import pytest
 
 from ctxlab.attention import BACKENDS
-from ctxlab.bench import format_table, median_ms, run_point
+from ctxlab.bench import format_table
+from ctxlab.measure import median_ms, run_point
 from ctxlab.bench.attention import attention_point, peak_ratio, sweep
 
 
@@ -36,9 +37,10 @@ def test_bad_inputs():
 
 
 def test_cli_prints_the_ratio_last():
-    out = subprocess.run([sys.executable, "-m", "ctxlab.bench", "attention", "--max-len", "1024", "--repeats", "1"],
-                         capture_output=True, text=True, check=True).stdout.strip().splitlines()
-    assert out[-1].startswith("sdpa_vs_naive_peak_memory_ratio_T8192=")  # nan: 8192 not in this short sweep
+    out = subprocess.run([sys.executable, "-m", "ctxlab.bench", "attention", "--max-len", "1024", "--repeats", "1",
+                          "--ratio-at", "1024"], capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    name, value = out[-1].split("=")
+    assert name == "sdpa_vs_naive_peak_memory_ratio_T1024" and 0 < float(value) < 0.5  # a T the sweep holds
     unknown = subprocess.run([sys.executable, "-m", "ctxlab.bench", "nope"], capture_output=True, text=True)
     assert unknown.returncode != 0 and "unknown sweep" in unknown.stderr
 
@@ -53,7 +55,7 @@ def test_a_tracked_budget_on_cpu_turns_big_points_into_oom_rows():
 def test_with_other_load_counts_what_other_processes_took():
     import time
 
-    from ctxlab.bench import with_other_load
+    from ctxlab.measure import with_other_load
 
     result, idle = with_other_load(lambda: time.sleep(0.3) or 7)
     assert result == 7

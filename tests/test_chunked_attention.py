@@ -3,7 +3,7 @@ import torch
 
 from ctxlab.attention import (attention_with_lse, chunked_attention, chunked_attention_with_lse, merge_partials,
                               sdpa_attention)
-from ctxlab.memory import measure_peak
+from ctxlab.measure import measure_peak
 
 
 def qkv(b=2, h=4, h_kv=2, tq=37, tk=37, d=8):

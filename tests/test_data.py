@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from ctxlab.data import IGNORE, MARK, N_DIGITS, VOCAB_SIZE, language_batch, passkey_batch, passkey_batches
+from ctxlab.config import IGNORE
+from ctxlab.data import MARK, N_DIGITS, VOCAB_SIZE, language_batch, passkey_batch, passkey_batches
 
 
 @pytest.mark.parametrize("seq_len", [40, 128, 515])

@@ -4,7 +4,8 @@ import torch
 
 from ctxlab import ModelConfig
 from ctxlab.parallel import launch
-from ctxlab.parallel.ddp import ddp_compare_worker, ddp_train_worker, split_batch, train_single
+from ctxlab.parallel.ddp import ddp_compare_worker, ddp_train_worker, split_batch
+from ctxlab.train import train_single
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32)
 

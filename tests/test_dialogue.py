@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from ctxlab.dialogue import (ASK, KEYS, USER, VALUE_LEN, DialogueSpec, answer_accuracy, dialogue_batch,
+from ctxlab.dialogue import (ASK, KEYS, USER, VALUE_LEN, DialogueSpec, dialogue_batch,
                              make_dialogue, min_length)
+from ctxlab.evaluate import answer_accuracy
 
 
 @pytest.mark.parametrize("asked", list(KEYS))

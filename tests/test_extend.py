@@ -4,7 +4,11 @@ import pytest
 import torch
 
 from ctxlab.bench import positions as bench
-from ctxlab.extend import TRAIN_LEN, base_config, load_model, main, passkey_accuracy, with_positions
+from ctxlab.config import with_positions
+from ctxlab.data import TRAIN_LEN
+from ctxlab.evaluate import passkey_accuracy
+from ctxlab.extend import base_config, main
+from ctxlab.train import load_model
 from ctxlab.model import GPT
 
 
@@ -68,7 +72,7 @@ def test_passkey_accuracy_is_one_for_a_model_that_knows_the_key():
 
 
 def test_with_positions_sets_the_scale_from_the_length():
-    cfg = with_positions(base_config(), 512, "yarn")
+    cfg = with_positions(base_config(), 512, "yarn", original_len=TRAIN_LEN)
     assert cfg.rope_scale == 4.0 and cfg.rope_original_len == TRAIN_LEN and cfg.max_seq_len == 512
-    assert with_positions(base_config(), 1024, "pi", scale=4.0).rope_scale == 8.0
-    assert with_positions(base_config(), 256, "none").rope_scaling == "none"
+    assert with_positions(base_config(), 1024, "pi", scale=4.0, original_len=TRAIN_LEN).rope_scale == 8.0
+    assert with_positions(base_config(), 256, "none", original_len=TRAIN_LEN).rope_scaling == "none"

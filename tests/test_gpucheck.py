@@ -30,8 +30,9 @@ def test_a_failing_section_is_recorded_and_others_run(tmp_path, monkeypatch):
         todo["matmul_peak"] = lambda: 1 / 0
         return todo
     monkeypatch.setattr(gpucheck, "sections", broken)
-    data = gpucheck.run(str(tmp_path / "gc.json"), dry_run=True, only=["matmul_peak"])
+    data = gpucheck.run(str(tmp_path / "gc.json"), dry_run=True, only=["matmul_peak", "attention"])
     assert "ZeroDivisionError" in data["sections"]["matmul_peak"]["error"]
+    assert data["sections"]["attention"]["error"] is None and data["sections"]["attention"]["value"]  # it still ran
 
 
 def test_the_whole_dry_run_from_the_command_line(tmp_path):

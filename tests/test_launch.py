@@ -119,7 +119,7 @@ def test_bad_inputs_raise_before_any_process_starts(call, match):
 def test_the_same_worker_runs_under_torchrun():
     root = pathlib.Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "ctxlab.parallel.comms"]
+           "-m", "ctxlab.parallel.launch"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=root)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "rank 0 of 2: all_reduce sum of ranks = 1" in out.stdout

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ctxlab import GPT, reference_config
-from ctxlab.memory import measure_peak
+from ctxlab.measure import measure_peak
 from ctxlab.model import chunked_cross_entropy
 
 SMALL = dict(vocab_size=64, d_model=32, n_layers=4, n_heads=4, max_seq_len=128)

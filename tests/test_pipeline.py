@@ -11,8 +11,9 @@ from ctxlab import ModelConfig
 from ctxlab.bench.pipeline import main, run
 from ctxlab.parallel import launch
 from ctxlab.parallel.bubble import bubble_measured, bubble_theory, peak_held, replay, simulate
-from ctxlab.parallel.pipeline import (SCHEDULES, check_step, merge_grads, schedule_order, schedules_worker,
-                                      single_process_step, stage_bounds)
+from ctxlab.bench.pipeline_torch import merge_grads, schedules_worker, single_process_step
+from ctxlab.parallel.bubble import SCHEDULES, schedule_order
+from ctxlab.parallel.pipeline import check_step, stage_bounds
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=3, n_heads=2, max_seq_len=32)
 
@@ -135,7 +136,7 @@ def test_bench_measures_memory_and_its_cli_prints_the_bubble_last(capsys):
 def test_pipeline_runs_under_torchrun():
     root = pathlib.Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "ctxlab.parallel.pipeline", "--microbatches", "4"]
+           "-m", "ctxlab.bench.pipeline_torch", "--microbatches", "4"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
     assert out.returncode == 0, out.stderr[-3000:]
     diffs = [float(m) for m in re.findall(r" diff (\d\.\de[+-]\d+)", out.stdout)]  # robust to interleaved ranks

@@ -87,16 +87,3 @@ def test_clipping_equals_torch(shapes, max_norm, norm_type, scale, seed):
     torch.nn.utils.clip_grad_value_(theirs, max_norm)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a.grad, b.grad, atol=0, rtol=0)
-
-
-def test_largest_fitting_finds_the_boundary_and_stops():
-    from ctxlab.search import largest_fitting
-
-    for boundary in (0, 1, 63, 64, 65, 1000, 4096):
-        probes = []
-        found = largest_fitting(lambda n: probes.append(n) or n <= boundary, 64)
-        assert found == boundary // 64 * 64 and len(probes) < 40
-    with pytest.raises(ValueError, match="limit"):
-        largest_fitting(lambda n: True, 8, limit=1000)
-    with pytest.raises(ValueError, match="granule"):
-        largest_fitting(lambda n: True, 0)

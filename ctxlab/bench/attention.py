@@ -7,8 +7,9 @@ import statistics
 import torch
 
 from ..attention import BACKENDS, attention
-from ..memory import measure_peak
-from . import format_table, run_point, times_ms
+from ..config import positive_int
+from ..measure import measure_peak, run_point, times_ms
+from . import format_table
 
 MIB = 2**20
 
@@ -19,8 +20,7 @@ def attention_point(backend: str, seq_len: int, batch: int = 1, heads: int = 4, 
     """Peak memory (MiB) and median latency (ms) of one causal attention call, optionally with backward."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {backend!r}")
-    if seq_len <= 0:
-        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    positive_int("seq_len", seq_len)
     gen = torch.Generator(device="cpu").manual_seed(0)
     q, k, v = (torch.randn(batch, heads, seq_len, head_dim, generator=gen).to(device, dtype).requires_grad_(backward)
                for _ in range(3))
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--max-len", type=int, default=None, help="largest T (default 8192 on CPU, 65536 on GPU)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ratio-at", type=int, default=8192,
+                        help="the T whose sdpa/naive peak ratio the last line reports (default 8192)")
     args = parser.parse_args(argv)
     max_len = args.max_len or (65536 if args.device == "cuda" else 8192)
     seq_lens = [2**i for i in range(9, 30) if 2**i <= max_len]
@@ -79,5 +81,5 @@ def main(argv: list[str] | None = None) -> None:
         rows += sweep(seq_lens, backward=backward, device=args.device, repeats=args.repeats)
     print(f"causal attention, B=1, H=4, head_dim=64, fp32, device={args.device}")
     print(format_table(rows, ["backend", "pass_", "T", "peak_mib", "ms"]))
-    ratio = peak_ratio(rows, "sdpa", "naive", 8192)
-    print(f"sdpa_vs_naive_peak_memory_ratio_T8192={ratio:.4f}")
+    ratio = peak_ratio(rows, "sdpa", "naive", args.ratio_at)
+    print(f"sdpa_vs_naive_peak_memory_ratio_T{args.ratio_at}={ratio:.4f}")

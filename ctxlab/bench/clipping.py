@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..clipping import adaptive_clip, article_clip, clip_by_global_norm, clip_by_value, total_norm
+from ..clipping import RULES, total_norm
 from ..config import ModelConfig, reference_config
 from ..model import GPT
 from ..train import train
@@ -47,16 +47,15 @@ def grad_cosine(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
 
 def clipped_gradients(model: torch.nn.Module, strategy: str, threshold: float) -> list[torch.Tensor]:
     """The model's gradients after one clipping rule, leaving the model's own gradients untouched."""
-    rules = {"norm": clip_by_global_norm, "value": clip_by_value, "agc": adaptive_clip, "article": article_clip}
-    if strategy not in rules:
-        raise ValueError(f"strategy must be one of {tuple(rules)}, got {strategy!r}")
+    if strategy not in RULES:
+        raise ValueError(f"strategy must be one of {tuple(RULES)}, got {strategy!r}")
     params = [p for p in model.parameters() if p.grad is not None]
     copies = []
     for p in params:
         q = torch.nn.Parameter(p.detach().clone())
         q.grad = p.grad.detach().clone()
         copies.append(q)
-    rules[strategy](copies, threshold)
+    RULES[strategy](copies, threshold)
     return [q.grad for q in copies]
 
 

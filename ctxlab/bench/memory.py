@@ -13,8 +13,8 @@ import torch
 
 from ..attention import chunked_attention, naive_attention
 from ..config import ModelConfig, reference_config
-from ..memory import measure_peak
-from ..memory_model import apply_techniques, max_context, measure_step_memory, predict_step_memory
+from ..measure import measure_peak
+from ..memory_model import max_context, measure_step_memory, predict_step_memory
 from . import format_table, relative_errors
 
 MIB = 2**20

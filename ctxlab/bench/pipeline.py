@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from ..config import ModelConfig, reference_config
-from ..parallel.bubble import bubble_measured, bubble_theory, peak_held, replay, simulate, step_time
+from ..config import ModelConfig, positive_int, reference_config
+from ..parallel.bubble import SCHEDULES, bubble_measured, bubble_theory, peak_held, replay, simulate, step_time
 from ..parallel.launch import launch
-from ..parallel.pipeline import SCHEDULES, pipeline_worker, stage_bounds
+from ..parallel.pipeline import pipeline_worker, stage_bounds
 from . import format_table
 
 
@@ -56,7 +56,7 @@ def stage_costs(cfg: ModelConfig, n_stages: int = 2, micro_batch: int = 2, seq_l
     split itself, apart from the speed of the core each rank lands on and from communication."""
     from ..model import GPT
     from ..parallel.pipeline import Stage, microbatch_loss
-    from . import synchronize
+    from ..measure import synchronize
 
     torch.manual_seed(0)
     stages = [Stage(GPT(cfg), s, n_stages).to(device) for s in range(n_stages)]
@@ -125,8 +125,7 @@ def run(stages: int = 2, micro_counts: tuple[int, ...] = (8,), steps: int = 3, c
     stage_bounds(cfg.n_layers, stages)
     if not micro_counts or any(not isinstance(m, int) or m < 1 for m in micro_counts):
         raise ValueError(f"micro_counts must be ints >= 1, got {micro_counts!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    positive_int("steps", steps)
     if seq_len > cfg.max_seq_len:
         raise ValueError(f"seq_len must be <= cfg.max_seq_len={cfg.max_seq_len}, got {seq_len}")
     per_rank = launch(sweep_worker, stages, cfg, micro_batch, seq_len, list(micro_counts), steps, measure_memory,

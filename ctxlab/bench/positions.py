@@ -13,7 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..extend import CHECKPOINT_DIR, FACTOR, TRAIN_LEN, load_model, passkey_accuracy, with_positions
+from ..book_files import CHECKOUT_BOOK
+from ..config import positive_int, with_positions
+from ..data import FACTOR, TRAIN_LEN
+from ..evaluate import passkey_accuracy
+from ..train import load_model
+
+CHECKPOINT_DIR = CHECKOUT_BOOK / "checkpoints" / "positions"  # what python -m ctxlab.extend writes
 
 # method name -> (checkpoint, scaling, fixed scale or None for s = T / T_train)
 METHODS = {
@@ -38,7 +44,7 @@ def model_for(method: str, seq_len: int, ckpt_dir: Path = CHECKPOINT_DIR, device
     file, scaling, scale = METHODS[method]
     def reading(saved):  # the saved positions undone, then set up for seq_len
         return with_positions(saved.replace(rope_scaling="none", rope_scale=1.0, rope_original_len=None),
-                              seq_len, scaling, scale)
+                              seq_len, scaling, scale, original_len=TRAIN_LEN)
 
     return load_model(Path(ckpt_dir) / file, reading, device)
 
@@ -47,8 +53,7 @@ def run(methods=tuple(METHODS), multiples=MULTIPLES, samples: int = 200, loss_sa
         ckpt_dir: Path = CHECKPOINT_DIR, device: str = "cpu", log=print) -> dict:
     """Every (method, length): passkey accuracy with per-sample depth; and the answer loss by key position at
     the longest length (random depths)."""
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
+    positive_int("samples", samples)
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"methods must be among {tuple(METHODS)}, got {sorted(unknown)}")

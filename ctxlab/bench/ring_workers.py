@@ -9,12 +9,13 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..attention import naive_attention
-from ..memory import measure_peak
+from ..attention import sdpa_attention
+from ..config import IGNORE
+from ..measure import measure_peak
 from ..parallel.launch import rank_device
 from ..parallel.ring import RingStats, ring_attention
 from ..parallel.sharding import shard
-from ..search import largest_fitting
+from ..search import search
 
 _GROUPS: dict[int, object] = {}
 
@@ -30,25 +31,27 @@ def ring_group(size: int, world_size: int):
     return _GROUPS[size]
 
 
-def _inputs(seq_len: int, batch: int, heads: int, kv_heads: int, head_dim: int, seed: int, device) -> list:
+def _inputs(seq_len: int, batch: int, heads: int, kv_heads: int, head_dim: int, seed: int, device,
+            dtype: torch.dtype = torch.float32) -> list:
     """The same q, k, v and output gradient on every rank (seeded), full length."""
     gen = torch.Generator().manual_seed(seed)
     shapes = [(batch, heads), (batch, kv_heads), (batch, kv_heads), (batch, heads)]
-    return [torch.randn(*s, seq_len, head_dim, generator=gen).to(device) for s in shapes]
+    return [torch.randn(*s, seq_len, head_dim, generator=gen, dtype=dtype).to(device) for s in shapes]
 
 
 def exactness_worker(rank: int, world_size: int, runs: list[tuple[int, bool, bool, int]], batch: int = 1,
-                     heads: int = 4, kv_heads: int = 2, head_dim: int = 16) -> list[dict]:
+                     heads: int = 4, kv_heads: int = 2, head_dim: int = 16,
+                     dtype: torch.dtype = torch.float32) -> list[dict]:
     """For each run (P, causal, zigzag, T): this rank's max |ring - full| of the output and of dQ, dK, dV,
-    its work per step and the bytes it sent. The reference is naive attention over the whole sequence here."""
+    its work per step and the bytes it sent. The reference is torch's SDPA over the whole sequence here."""
     device = rank_device()
     rows = []
     for seed, (size, causal, zigzag, seq_len) in enumerate(runs):
         group = ring_group(size, world_size)
         if rank < size:
-            q, k, v, dout = _inputs(seq_len, batch, heads, kv_heads, head_dim, seed, device)
+            q, k, v, dout = _inputs(seq_len, batch, heads, kv_heads, head_dim, seed, device, dtype)
             full = [t.clone().requires_grad_() for t in (q, k, v)]
-            ref = naive_attention(*full, causal=causal)
+            ref = sdpa_attention(*full, causal=causal)
             ref.backward(dout)
             local = [shard(t, rank, size, zigzag, dim=2).requires_grad_() for t in (q, k, v)]
             stats = RingStats()
@@ -84,7 +87,8 @@ def training_step_worker(rank: int, world_size: int, runs: list[tuple[int, bool]
             model = GPT(cfg).to(device)
             seq = torch.randint(0, 64, (2, seq_len + 1), generator=torch.Generator().manual_seed(seed)).to(device)
             tokens, targets = seq[:, :-1], seq[:, 1:].clone()
-            targets[0, seq_len // 3] = -100  # an ignored target changes the token count: the loss must still agree
+            targets[0, seq_len // 3] = IGNORE  # an ignored target changes the token count: the loss must still agree
+            attend_before = [block.attn.attend for block in model.blocks]
             _, loss_full = model(tokens, targets)
             loss_full.backward()
             full_grads = [p.grad.clone() for p in model.parameters()]
@@ -93,7 +97,7 @@ def training_step_worker(rank: int, world_size: int, runs: list[tuple[int, bool]
             rows.append({"P": size, "zigzag": zigzag, "rank": rank, "loss": loss.item(),
                          "loss_err": abs(loss.item() - loss_full.item()),
                          "grad_err": max((p.grad - g).abs().max().item() for p, g in zip(model.parameters(), full_grads)),
-                         "attention_after": cfg.attention})
+                         "attention_restored": [b.attn.attend for b in model.blocks] == attend_before})
         dist.barrier()
     return rows
 
@@ -151,13 +155,8 @@ def budget_worker(rank: int, world_size: int, budget_bytes: int, sizes: list[int
                 dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)  # every rank takes the same branch
                 return int(peak.item()) <= budget_bytes
 
-            if not local:
-                local = largest_fitting(fits, granule)
-            else:
-                while local > 0 and not fits(local):
-                    local -= granule
-                while fits(local + granule):
-                    local += granule
+            # the first size from scratch; the next from the previous L, one granule a step
+            local = search(fits, granule, start=local or granule, step=granule if local else None).largest
             largest[size] = local * size
         shared = torch.tensor([local], device=device)
         dist.broadcast(shared, src=0)  # rank 0 ran every ring: the next size starts from its L on every rank

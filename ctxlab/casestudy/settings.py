@@ -5,11 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention import BACKENDS
-from ..config import ModelConfig, positive_int, require
+from ..config import ATTENTION_BACKENDS, STATIC_SCALINGS, ModelConfig, positive_int, require, with_positions
 from ..dialogue import DialogueSpec, dialogue_batch, min_length
-from ..extend import with_positions
-from ..positions import STATIC_SCALINGS
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ def check_settings(s: Settings) -> None:
     need(s.factor >= 2, "factor", "an int >= 2 (the extension multiplies the context)")
     need(s.lr > 0 and s.finetune_lr > 0 and s.clip > 0, "lr", "positive, with finetune_lr and clip positive")
     need(s.scaling in STATIC_SCALINGS, "scaling", f"one of {STATIC_SCALINGS}")
-    need(s.attention in BACKENDS, "attention", f"one of {tuple(BACKENDS)}")
+    need(s.attention in ATTENTION_BACKENDS, "attention", f"one of {ATTENTION_BACKENDS}")
     need(isinstance(s.recompute_every, int) and s.recompute_every >= 0, "recompute_every", "an int >= 0")
     need(len(s.latency_lens) >= 2 and all(isinstance(n, int) and n >= 8 for n in s.latency_lens)
          and list(s.latency_lens) == sorted(set(s.latency_lens)), "latency_lens",
@@ -90,7 +87,7 @@ def extended_config(s: Settings, seq_len: int, scaling: str | None = None) -> Mo
     """The base config read at ``seq_len`` tokens with ``scaling`` (default: the run's) at scale ``factor``."""
     scaling = s.scaling if scaling is None else scaling
     return with_positions(base_config(s), seq_len, scaling, None if scaling == "none" else float(s.factor),
-                          s.train_len)
+                          original_len=s.train_len)
 
 
 def dialogue_batches(s: Settings, batch: int, seq_len: int, seed: int):

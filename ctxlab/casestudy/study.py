@@ -18,14 +18,14 @@ import torch
 
 from ..atomic import write_json
 from ..config import positive_int
-from ..dialogue import answer_accuracy, dialogue_batch
-from ..extend import load_model, save_model
+from ..dialogue import dialogue_batch
+from ..evaluate import answer_accuracy
 from ..latency import context_latency
-from ..memory import measure_peak
+from ..measure import measure_peak
 from ..model import GPT
 from ..parallel.ddp import DataParallel, split_batch
 from ..parallel.launch import launch, rank_device
-from ..train import train
+from ..train import load_model, save_model, train
 from .settings import (Settings, base_config, check_device, check_settings, dialogue_batches, distance_bins,
                        extended_config, spec_of)
 
@@ -109,8 +109,10 @@ def train_stage_worker(rank: int, world_size: int, s: Settings, out: Path, name:
     hist = train(model.train(), get_batch, steps, lr=lr, warmup=min(100 if base else 20, steps), clip=s.clip,
                  seed=s.seed, device=device, checkpoint_path=state, checkpoint_every=s.save_every, resume=resume,
                  progress=rank == 0 and sys.stderr.isatty())
-    model = getattr(model, "module", model).eval()
-    model.cfg = model.cfg.replace(checkpoint_every=0, attention="sdpa")  # inference-time options, same weights
+    trained = getattr(model, "module", model)
+    model = GPT(trained.cfg.replace(checkpoint_every=0, attention="sdpa"))  # inference-time options,
+    model.load_state_dict(trained.state_dict())                           # the same weights
+    model.eval()
     meta = {"what": name, "seq_len": seq_len, "steps": steps, "lr": lr, "batch": batch, "scaling": scaling,
             "attention": "sdpa" if base else s.attention, "recompute_every": 0 if base else s.recompute_every,
             "final_loss": hist.losses[-1], "clipped_fraction": hist.clipped_fraction,

@@ -1,4 +1,7 @@
-"""The pipeline bubble: idle time of the stages, measured from recorded events or from an ideal timeline.
+"""Pipeline schedules as data, and their bubble: the idle time of the stages, measured or ideal.
+
+``schedule_order`` lists one stage's operations; the same list drives the real run (``pipeline.py``),
+the simulation here and the tests.
 
 With p stages of equal time and m micro-batches, one step lasts (m + p - 1) time units of a stage and
 each stage is busy m of them, so the idle share is (p - 1) / (m + p - 1) (Huang et al. 2019) for GPipe
@@ -11,14 +14,28 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..config import positive_int
 from .events import Event, peak_held  # noqa: F401  (peak_held: the bubble's companion figure)
-from .pipeline import schedule_order
+
+SCHEDULES = ("gpipe", "1f1b")
+
+
+def schedule_order(schedule: str, stage: int, n_stages: int, n_micro: int) -> list[tuple[str, int]]:
+    """The ordered ("F"|"B", micro-batch) operations of one stage: the whole schedule in one list."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule == "gpipe":
+        return [("F", i) for i in range(n_micro)] + [("B", i) for i in range(n_micro)]
+    warmup = min(n_stages - stage - 1, n_micro)
+    order = [("F", i) for i in range(warmup)]
+    for i in range(n_micro - warmup):  # steady state: one forward, one backward
+        order += [("F", warmup + i), ("B", i)]
+    return order + [("B", i) for i in range(n_micro - warmup, n_micro)]
 
 
 def bubble_theory(n_stages: int, n_micro: int) -> float:
     """(p - 1) / (m + p - 1): the idle share of a pipeline with equal stage times and free communication."""
-    if n_stages < 1 or n_micro < 1:
-        raise ValueError(f"n_stages and n_micro must be >= 1, got {n_stages} and {n_micro}")
+    positive_int("n_stages", n_stages), positive_int("n_micro", n_micro)
     return (n_stages - 1) / (n_micro + n_stages - 1)
 
 

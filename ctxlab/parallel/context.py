@@ -1,8 +1,8 @@
 """Context parallelism for the reference GPT: each rank runs the whole model on its share of the sequence.
 
 Everything in the model except attention works token by token, so it needs nothing new: only
-attention has to see the other ranks' tokens, and ``context_parallel`` swaps in ring attention for
-the duration of a ``with`` block, without changing the model's code. Tokens, targets and positions
+attention has to see the other ranks' tokens, and ``context_parallel`` swaps ring attention into
+every attention layer for the duration of a ``with`` block, without changing the model's code. Tokens, targets and positions
 are sharded the same way, and RoPE rotates each token by its global position. The loss is a sum
 over this rank's tokens divided by the global token count, so summing the ranks' gradients (one
 all-reduce, as in data parallelism) gives exactly the gradient of one rank on the whole sequence.
@@ -10,7 +10,6 @@ all-reduce, as in data parallelism) gives exactly the gradient of one rank on th
 from __future__ import annotations
 
 from contextlib import contextmanager
-from functools import partial
 from typing import Iterator
 
 import torch
@@ -18,43 +17,50 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention import BACKENDS
+from ..config import IGNORE, check_token_batch
+from ..model import CausalSelfAttention
+from .ddp import flat_all_reduce, unflatten_into
 from .ring import ring_attention
 from .ring_comms import require_process_group
-from .sharding import check_seq_len, check_token_batch, shard, shard_positions
+from .sharding import check_seq_len, shard, shard_positions
 
-RING_BACKEND = "ring"
+class RingLayerAttention:
+    """Ring attention with the signature a model's attention layer calls. Ranks check that they agree once
+    per ``context_parallel`` block (one all_gather), not at every layer."""
 
+    def __init__(self, group: dist.ProcessGroup, zigzag: bool):
+        self.group, self.zigzag, self.checked = group, zigzag, False
 
-def _ring_backend(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None, *,
-                  group: dist.ProcessGroup | None, zigzag: bool, checked: list[bool]) -> Tensor:
-    if mask is not None:
-        raise ValueError("ring attention takes no explicit mask (only causal=True/False)")
-    check, checked[0] = not checked[0], True  # ranks agree once per block (one all_gather), not at every layer
-    return ring_attention(q, k, v, causal=causal, zigzag=zigzag, group=group, check=check)
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None,
+                 bias: Tensor | None = None) -> Tensor:
+        if mask is not None or bias is not None:
+            raise ValueError("ring attention takes no explicit mask or bias (only causal=True/False)")
+        check, self.checked = not self.checked, True
+        return ring_attention(q, k, v, causal=causal, zigzag=self.zigzag, group=self.group, check=check)
 
 
 @contextmanager
 def context_parallel(model: nn.Module, group: dist.ProcessGroup | None = None, zigzag: bool = True) -> Iterator[None]:
     """Inside the block, every attention layer of ``model`` (a ctxlab GPT) runs ring attention over ``group``.
 
-    The ring is offered as one more attention backend, present only while the block runs, and the
-    model's config points at it; both are restored on exit, even after an error.
+    Each layer's attention function is swapped for the ring and put back on exit, even after an error:
+    nothing outside the model changes, and the model's config is not touched.
     """
     group = require_process_group(group)
-    cfg = getattr(model, "cfg", None)
-    if cfg is None or not hasattr(cfg, "attention"):
-        raise TypeError(f"model must be a ctxlab GPT (with .cfg.attention), got {type(model).__name__}")
-    if RING_BACKEND in BACKENDS:
+    layers = [m for m in model.modules() if isinstance(m, CausalSelfAttention)] if isinstance(model, nn.Module) else []
+    if not layers:
+        raise TypeError(f"model must be a ctxlab GPT (with attention layers), got {type(model).__name__}")
+    if any(isinstance(m.attend, RingLayerAttention) for m in layers):
         raise RuntimeError("context_parallel blocks cannot be nested")
-    previous = cfg.attention
-    BACKENDS[RING_BACKEND] = partial(_ring_backend, group=group, zigzag=zigzag, checked=[False])
-    cfg.attention = RING_BACKEND
+    previous = [m.attend for m in layers]
+    ring = RingLayerAttention(group, zigzag)
+    for m in layers:
+        m.attend = ring
     try:
         yield
     finally:
-        cfg.attention = previous
-        del BACKENDS[RING_BACKEND]
+        for m, attend in zip(layers, previous):
+            m.attend = attend
 
 
 def context_parallel_step(model: nn.Module, tokens: Tensor, targets: Tensor, group: dist.ProcessGroup | None = None,
@@ -74,17 +80,15 @@ def context_parallel_step(model: nn.Module, tokens: Tensor, targets: Tensor, gro
         raise ValueError(f"sequence of {seq_len} tokens exceeds max_seq_len={model.cfg.max_seq_len}")
     local_tokens, local_targets = (shard(t, rank, world, zigzag, dim=1) for t in (tokens, targets))
     positions = shard_positions(seq_len, rank, world, zigzag, tokens.device)
-    counted = (targets != -100).sum().clamp(min=1)  # every rank holds the full batch: no all-reduce needed
+    counted = (targets != IGNORE).sum().clamp(min=1)  # every rank holds the full batch: no all-reduce needed
     with context_parallel(model, group, zigzag):
         logits, _ = model(local_tokens, positions=positions)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), local_targets.reshape(-1),
-                           ignore_index=-100, reduction="sum") / counted
+                           ignore_index=IGNORE, reduction="sum") / counted
     loss.backward()  # the ring's backward runs here, outside the block: it needs only the group
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])  # one all-reduce for the whole model
-    dist.all_reduce(flat, group=group)
-    for g, summed in zip(grads, flat.split([g.numel() for g in grads])):
-        g.copy_(summed.view_as(g))
+    flat, _ = flat_all_reduce(grads, group)  # one all-reduce for the whole model
+    unflatten_into(flat, grads)
     if optimizer is not None:
         optimizer.step()
     total = loss.detach().clone()

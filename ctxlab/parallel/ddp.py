@@ -17,10 +17,25 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, check_token_batch, positive_int
 from ..model import GPT
 from .launch import rank_device
-from .sharding import check_token_batch
+
+
+def flat_all_reduce(tensors: list[Tensor], group: dist.ProcessGroup | None = None, divide_by: int = 1,
+                    async_op: bool = False) -> tuple[Tensor, object]:
+    """One all-reduce (a sum) for many tensors: flattened into one buffer, divided by ``divide_by`` first.
+    Returns the buffer and the work handle (None unless ``async_op``); ``unflatten_into`` writes it back."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    if divide_by != 1:
+        flat.div_(divide_by)
+    return flat, dist.all_reduce(flat, group=group, async_op=async_op)
+
+
+def unflatten_into(flat: Tensor, tensors: list[Tensor]) -> None:
+    """Copy the reduced buffer of ``flat_all_reduce`` back into the tensors it was made from."""
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
 
 
 class DataParallel(nn.Module):
@@ -58,8 +73,8 @@ class DataParallel(nn.Module):
         b = self._bucket_of[p]
         self._ready[b] += 1
         if self._ready[b] == len(self.buckets[b]):  # the whole bucket is ready: start its all-reduce now
-            flat = torch.cat([q.grad.reshape(-1) for q in self.buckets[b]]).div_(self.world_size)
-            self._in_flight.append((b, flat, dist.all_reduce(flat, group=self.group, async_op=True)))
+            flat, handle = flat_all_reduce([q.grad for q in self.buckets[b]], self.group, self.world_size, async_op=True)
+            self._in_flight.append((b, flat, handle))
             self.launch_times.append(time.perf_counter())
 
     def finish_gradient_sync(self) -> None:
@@ -69,10 +84,7 @@ class DataParallel(nn.Module):
                                "call backward() once before finish_gradient_sync()")
         for b, flat, handle in self._in_flight:
             handle.wait()
-            offset = 0
-            for q in self.buckets[b]:
-                q.grad.copy_(flat[offset: offset + q.numel()].view_as(q))
-                offset += q.numel()
+            unflatten_into(flat, [q.grad for q in self.buckets[b]])
         self._in_flight, self._ready = [], [0] * len(self.buckets)
         self.launch_times = []  # it describes one step: read it before this call
 
@@ -91,27 +103,7 @@ def _check_run(cfg: ModelConfig, tokens: Tensor, targets: Tensor, steps: int, wo
     check_token_batch(tokens, targets)
     if tokens.shape[0] % world_size:
         raise ValueError(f"the global batch ({tokens.shape[0]}) must be divisible by world_size={world_size}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-
-
-def train_single(cfg: ModelConfig, tokens: Tensor, targets: Tensor, steps: int = 5, lr: float = 1e-3,
-                 seed: int = 0) -> dict:
-    """The reference: one process, the whole global batch. Returns losses and the first step's gradients."""
-    _check_run(cfg, tokens, targets, steps, 1)
-    torch.manual_seed(seed)
-    model = GPT(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    losses, grads = [], {}
-    for step in range(steps):
-        _, loss = model(tokens, targets)
-        loss.backward()
-        if step == 0:
-            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return {"losses": losses, "grads": grads}
+    positive_int("steps", steps)
 
 
 def ddp_train_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor, targets: Tensor,
@@ -170,44 +162,6 @@ def _check_worker_args(world_size: int, cfg: ModelConfig, tokens: Tensor, target
 
 
 ddp_train_worker.check_args = ddp_compare_worker.check_args = _check_worker_args
-
-
-def ddp_scaling_worker(rank: int, world_size: int, cfg: ModelConfig, micro_batch: int, seq_len: int,
-                       steps: int = 3) -> dict:
-    """Per-rank peak memory and step time at a fixed micro-batch, alone (a group of one) and with all ranks.
-
-    One thread per rank, as if each rank were a device of its own. Alone, rank 0 also runs the whole
-    global batch (``world_size x micro_batch`` sequences) to time what one device would take.
-    """
-    from ..bench import median_ms
-    from ..memory import measure_peak
-
-    torch.set_num_threads(1)
-    device = rank_device()
-    alone = [dist.new_group([r]) for r in range(world_size)][rank]  # every rank must create every group
-    gen = torch.Generator().manual_seed(rank)
-    x = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), generator=gen).to(device)
-    big = torch.randint(0, cfg.vocab_size, (micro_batch * world_size, seq_len), generator=gen).to(device)
-    out = {}
-    for name, group in (("alone", alone), ("all", None)):
-        torch.manual_seed(0)
-        model = DataParallel(GPT(cfg).to(device), group=group)
-
-        def step(batch: Tensor = x) -> None:
-            _, loss = model(batch, batch)
-            loss.backward()
-            model.finish_gradient_sync()
-            model.module.zero_grad(set_to_none=True)
-
-        out[f"peak_{name}"] = measure_peak(step, device)
-        dist.barrier()
-        out[f"ms_{name}"] = median_ms(step, repeats=steps, device=device)
-        if name == "alone":
-            dist.barrier()
-            out["ms_global_batch_alone"] = median_ms(lambda: step(big), repeats=steps, device=device) \
-                if rank == 0 else None
-            dist.barrier()
-    return out
 
 
 if __name__ == "__main__":

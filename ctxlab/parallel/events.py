@@ -15,13 +15,14 @@ import time
 import torch
 import torch.distributed as dist
 
+from ..measure import synchronize
+
 Event = tuple[str, int, float, float]  # kind ("F"/"B"), micro-batch, start, end (seconds from the origin)
 
 
 def now(device: torch.device | str = "cpu") -> float:
     """perf_counter once the device has finished the work queued so far."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter()
 
 

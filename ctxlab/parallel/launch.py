@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ..config import positive_int
+
 BACKENDS = ("gloo", "nccl")
 MAX_CPU_WORLD_SIZE = 64  # gloo ranks on one machine; more only oversubscribes the cores
 POLL_S = 0.05
@@ -74,8 +76,7 @@ def _check_importable(fn: Callable) -> None:
 
 def _validate(fn: Callable, world_size: int, args: tuple, backend: str | None, timeout: float) -> str:
     _check_importable(fn)
-    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
-        raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+    positive_int("world_size", world_size)
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be None (choose automatically) or one of {BACKENDS}, got {backend!r}")
     backend = backend or choose_backend(world_size)
@@ -237,3 +238,15 @@ def run_from_env(fn: Callable, *args: Any, backend: str | None = None) -> Any:
         return fn(rank, world_size, *args)
     finally:
         dist.destroy_process_group()
+
+
+def hello_worker(rank: int, world_size: int) -> str:
+    t = torch.tensor([float(rank)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    line = f"rank {rank} of {world_size}: all_reduce sum of ranks = {int(t.item())}"
+    print(line, flush=True)
+    return line
+
+
+if __name__ == "__main__":  # torchrun --nproc-per-node 2 -m ctxlab.parallel.launch: does a group form?
+    run_from_env(hello_worker)

@@ -99,6 +99,11 @@ def _diagonal_mask(blk: ScoreBlock, local_len: int, world_size: int, zigzag: boo
     return (pos[blk.q0:blk.q1, None] >= pos[None, blk.k0:blk.k1])[None, None]
 
 
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sums run in fp32 for 16-bit inputs and in the inputs' own precision when that is wider (fp64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _block_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """attention_with_lse of one block; it takes at most as many queries as keys, so longer query
     runs (zig-zag, earlier rank: all queries against half a block) go in pieces."""
@@ -115,8 +120,9 @@ def _block_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, 
     b, h, _, d = q.shape
     h_kv = k.shape[1]
     scale = 1.0 / math.sqrt(d)
-    kr, vr = repeat_kv(k, h).float(), repeat_kv(v, h).float()
-    qf, dof = q.float(), dout.float()
+    acc = accumulator_dtype(q.dtype)
+    kr, vr = repeat_kv(k, h).to(acc), repeat_kv(v, h).to(acc)
+    qf, dof = q.to(acc), dout.to(acc)
     scores = qf @ kr.transpose(-2, -1) * scale
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -137,8 +143,9 @@ class RingAttention(torch.autograd.Function):
                 group: dist.ProcessGroup | None, stats: RingStats | None) -> Tensor:
         comm = RingComm(group)
         world, rank, local_len = comm.world_size, comm.rank, q.shape[2]
-        out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+        acc = accumulator_dtype(q.dtype)
+        out = torch.zeros(q.shape, dtype=acc, device=q.device)
+        lse = torch.full(q.shape[:3], float("-inf"), dtype=acc, device=q.device)
         k_cur, v_cur = k, v
         for step in range(world):
             incoming = comm.start([k_cur, v_cur]) if step < world - 1 else None  # overlaps the compute below
@@ -148,7 +155,8 @@ class RingAttention(torch.autograd.Function):
                 o, l = _block_forward(q[:, :, blk.q0:blk.q1], k_cur[:, :, blk.k0:blk.k1],
                                       v_cur[:, :, blk.k0:blk.k1], mask)
                 rows = slice(blk.q0, blk.q1)
-                out[:, :, rows], lse[:, :, rows] = merge_partials(out[:, :, rows], lse[:, :, rows], o.float(), l)
+                out[:, :, rows], lse[:, :, rows] = merge_partials(out[:, :, rows], lse[:, :, rows],
+                                                                  o.to(acc), l.to(acc))
             if stats is not None:
                 stats.work.append(0 if blk is None else blk.work)
             if incoming is not None:
@@ -168,8 +176,9 @@ class RingAttention(torch.autograd.Function):
         grads = RingComm(ctx.group, first_tag=2)  # the dK/dV accumulators, in flight while the next block computes
         world, rank, local_len = comm.world_size, comm.rank, q.shape[2]
         dout = dout.contiguous()
-        delta = (dout.float() * out.float()).sum(-1)
-        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        acc = accumulator_dtype(q.dtype)
+        delta = (dout.to(acc) * out.to(acc)).sum(-1)
+        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
         arriving: list[Tensor] = []
         k_cur, v_cur = k, v
         for step in range(world):

@@ -11,19 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def check_token_batch(tokens: object, targets: object) -> None:
-    """Tokens and targets must be (batch, time) tensors of one shape: every parallel step splits them."""
-    if not isinstance(tokens, Tensor) or not isinstance(targets, Tensor) or tokens.dim() != 2 \
-            or tokens.shape != targets.shape:
-        raise ValueError(f"tokens and targets must be (batch, time) tensors of one shape, got "
-                         f"{tuple(getattr(tokens, 'shape', ())) or tokens!r} and "
-                         f"{tuple(getattr(targets, 'shape', ())) or targets!r}")
+from ..config import positive_int
 
 
 def check_world_size(world_size: int) -> None:
-    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
-        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    positive_int("world_size", world_size)
 
 
 def check_rank(rank: int, world_size: int) -> None:

@@ -79,7 +79,7 @@ def test_fragmentation_report():
 
 def test_a_filled_cache_holds_what_the_formula_says():
     from ctxlab import ModelConfig, kv_cache_bytes_per_token
-    from ctxlab.kvcache import filled_cache_bytes
+    from ctxlab.memory_model import filled_cache_bytes
 
     for kv in (4, 2, 1):
         cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=kv, max_seq_len=64)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cdp import Browser, Page
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NPM = ROOT / ".browser" / "npm"
 CDN = "https://cdn.jsdelivr.net/npm/"
 

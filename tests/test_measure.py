@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ctxlab.memory import LiveStorageTracker, measure_peak
+from ctxlab.measure import LiveStorageTracker, measure_peak
 
 
 def test_known_allocation_is_reported():

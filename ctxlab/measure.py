@@ -1,4 +1,5 @@
-"""Measuring peak memory: the CUDA allocator's counter on GPUs, a tracker of live tensor storage on CPU.
+"""The instruments: peak memory (the CUDA allocator's counter on GPUs, a tracker of live tensor storage
+on CPU), timers with the one device ``synchronize``, and the out-of-memory handling of a sweep point.
 
 The CPU tracker sees every tensor that an ATen operator returns (activations, saved tensors,
 gradients, optimiser states created inside ``fn``) and when its storage is freed. Scratch buffers
@@ -8,7 +9,11 @@ between kernels; process RSS sits a roughly constant amount above (allocator cac
 from __future__ import annotations
 
 import gc
+import os
+import statistics
+import time
 import weakref
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -76,12 +81,12 @@ def measure_peak(fn: Callable[[], Any], device: torch.device | str | None = None
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     gc.collect()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        synchronize(device)
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         fn()
-        torch.cuda.synchronize(device)
+        synchronize(device)
         return max(0, torch.cuda.max_memory_allocated(device) - base)
     if device.type != "cpu":
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device.type!r}")
@@ -115,3 +120,70 @@ def run_point(measure: Callable[[], dict], **labels: Any) -> dict:
         row = {**labels, "oom": True}
     free_device_memory()
     return row
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work, so that a clock read after it has seen the work end."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def times_ms(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: torch.device | str = "cpu",
+             clock: str = "wall") -> list[float]:
+    """Times of ``repeats`` calls of ``fn`` in milliseconds, after ``warmup`` untimed calls.
+
+    ``clock="process"`` counts this process's CPU time instead of wall time: on a CPU shared with other
+    work it moves far less, which makes comparisons of two CPU computations reliable.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    if clock not in ("wall", "process"):
+        raise ValueError(f"clock must be 'wall' or 'process', got {clock!r}")
+    now = time.perf_counter if clock == "wall" else time.process_time
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        t0 = now()
+        fn()
+        synchronize(device)
+        times.append((now() - t0) * 1e3)
+    return times
+
+
+def median_ms(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: torch.device | str = "cpu") -> float:
+    """Median wall time of ``fn`` in milliseconds: the figure a table reports."""
+    return statistics.median(times_ms(fn, repeats, warmup, device))
+
+
+def _cpu_seconds_busy() -> float | None:
+    """CPU seconds the whole machine has been busy, stolen by the hypervisor included (Linux /proc/stat)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds_ours() -> float:
+    """CPU seconds of this process and of its children that have ended (launched ranks, once joined)."""
+    import resource  # POSIX only; where /proc/stat exists, so does this
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def with_other_load(fn: Callable[[], Any]) -> tuple[Any, float | None]:
+    """``fn()``, and how many cores other processes (and the hypervisor) took on average while it ran:
+    what lengthens a timed run beyond any model of it. None where /proc/stat is not there."""
+    busy, ours, start = _cpu_seconds_busy(), _cpu_seconds_ours(), time.perf_counter()
+    result = fn()
+    wall = time.perf_counter() - start
+    busy_after = _cpu_seconds_busy()
+    if busy is None or busy_after is None or wall <= 0:
+        return result, None
+    others = (busy_after - busy) - (_cpu_seconds_ours() - ours)
+    return result, max(0.0, others / wall)

@@ -25,7 +25,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
 PIP_GIT = re.compile(r"""%pip install[^\n]*?["']?git\+(?P<url>https://[^"'\s@]+?)(?:\.git)?(?:@(?P<ref>[^"'\s#]+))?["'\s]""")
 

@@ -28,7 +28,7 @@ import yaml
 from bookpages import NPM, Tab, broken_internal_links, click, visible_link
 from cdp import Browser, CDPError, find_chromium
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HTML = ROOT / "_build" / "html"
 ARTIFACTS = ROOT / "artifacts" / "browser"
 IN_CI = os.environ.get("CI", "").lower() == "true"

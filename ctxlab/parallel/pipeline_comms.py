@@ -1,11 +1,9 @@
-"""The raw communication ops of the pipeline and data-parallel code, kept apart so schedules read as schedules.
+"""The pipeline's raw communication ops, kept apart so that the schedule in ``pipeline.py`` reads as a schedule.
 
 Pipeline stages talk to their neighbours only: activations go forward (rank r -> r+1) and their
 gradients go back (r+1 -> r); ``StageLinks`` moves them for one stage's schedule. Paired ops (send
 one way, receive the other) are posted together with ``batch_isend_irecv`` so two neighbours that
 both send first cannot deadlock, as in 1F1B's steady state.
-
-``torchrun --nproc-per-node 2 -m ctxlab.parallel.comms`` is a two-line check that a group forms.
 """
 from __future__ import annotations
 
@@ -111,17 +109,3 @@ def add_from_peer_(tensor: Tensor, peer: int) -> None:
     other = _exchange(tensor, peer, (tensor.shape, tensor.dtype, tensor.device), peer)
     wait_for_sends()
     tensor.add_(other)
-
-
-def _hello(rank: int, world_size: int) -> str:
-    t = torch.tensor([float(rank)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t)
-    line = f"rank {rank} of {world_size}: all_reduce sum of ranks = {int(t.item())}"
-    print(line, flush=True)
-    return line
-
-
-if __name__ == "__main__":
-    from .launch import run_from_env
-
-    run_from_env(_hello)
