@@ -219,3 +219,34 @@ def accuracy_heatmaps(grids: dict[str, "np.ndarray"], lengths: Sequence[int], de
     fig.supylabel("depth of the key")
     fig.tight_layout()
     return fig
+
+
+def recurrent_figure(res: dict):
+    """Chapter 1's E2 figure from ``bench.recurrent`` results: accuracy by distance (mean over seeds) per
+    model and length, and the forward time per token as T grows."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    styles = {"lstm": ("C0", "LSTM"), "gpt": ("C1", "GPT")}
+    for (model, (color, name)) in styles.items():
+        for t, marker in zip(res["lengths"], "osd"):
+            bins = list(res["runs"][0][model]["accuracy"][str(t)])
+            mids = [sum(int(x) for x in b.split("-")) / 2 for b in bins]
+            acc = [np.mean([r[model]["accuracy"][str(t)][b] for r in res["runs"]]) for b in bins]
+            ax1.plot(mids, acc, marker=marker, color=color, label=f"{name}, T={t}")
+        times = res["ms_per_token"][model]
+        ax2.plot([int(t) for t in times], list(times.values()), "o-", color=color, label=name)
+    ax1.set_xscale("log")
+    ax2.set_xscale("log", base=2)
+    ax2.set_xticks(res["lengths"], [str(t) for t in res["lengths"]])
+    ax2.minorticks_off()
+    ax2.set_ylim(bottom=0)
+    ax1.set_xlabel("distance from the key to the question (tokens)")
+    ax1.set_ylabel("recall accuracy")
+    ax1.set_ylim(-0.03, 1.03)
+    ax1.legend(fontsize=8)
+    ax2.set_xlabel("sequence length T (tokens)")
+    ax2.set_ylabel("forward ms per token (batch 1)")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig

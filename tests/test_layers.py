@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     # 2 techniques: each one idea, none importing another's harness
     "attention": 2, "positions": 2, "kvcache": 2, "clipping": 2, "packing": 2, "data": 2, "dialogue": 2,
     # 3 the model
-    "model": 3,
+    "model": 3, "recurrent": 3,
     # 4 training, evaluation and cost models
     "train": 4, "evaluate": 4, "flops": 4, "memory_model": 4, "planner": 4, "latency": 4,
     # 5 parallelism

@@ -11,6 +11,7 @@ SWEEPS = {
     "pipeline": "GPipe and 1F1B on p ranks: step time, bubble measured vs (p-1)/(m+p-1)",
     "memory": "largest trainable context under a memory budget per technique",
     "positions": "passkey accuracy and loss by position past the trained length, per RoPE scaling",
+    "recurrent": "an LSTM beside the GPT: recall by distance, gradients by distance, time per token",
 }
 
 
