@@ -6,8 +6,8 @@ from dataclasses import dataclass, fields
 
 from torch import Tensor
 
-# The names a config may choose. They are declared here, at the bottom of the package, and the modules
-# that implement them (attention.py, positions.py) build their tables from these names (a test checks).
+# The names a config may choose, declared here at the bottom of the package. The modules that implement
+# them (attention.py, positions.py) use the same names; tests check that their tables match.
 ATTENTION_BACKENDS = ("naive", "sdpa", "chunked")
 ROPE_SCALINGS = ("none", "pi", "ntk", "yarn", "dynamic_ntk")
 STATIC_SCALINGS = ("pi", "ntk", "yarn")  # a fixed scale s: positions up to s * original_len

@@ -59,15 +59,20 @@ def training_step_fn(cfg, seq_len: int, device: str, dtype: torch.dtype) -> Call
 
 
 def largest_context(cfg, device: str, dtype: torch.dtype, start: int, limit: int, max_probe_s: float) -> dict:
-    """Real search: double T until a training step runs out of memory (or a probe passes ``max_probe_s``
-    or T reaches ``limit``), then bisect between the last fit and the first failure."""
-    def fits(t: int) -> bool:
-        return not run_point(lambda: {"s": median_ms(training_step_fn(cfg, t, device, dtype), 1, 0, device)})["oom"]
+    """Real search: double T until a training step runs out of memory (or a probe, model set-up included,
+    passes ``max_probe_s``, or T reaches ``limit``), then bisect between the last fit and the first failure
+    to within a quarter of ``start``. Each probe records its training step's seconds."""
+    step_s: dict[int, float] = {}
 
-    found = search(fits, 64, start=start, limit=limit, time_cap_s=max_probe_s, tolerance=0.125)
+    def fits(t: int) -> bool:
+        row = run_point(lambda: {"s": median_ms(training_step_fn(cfg, t, device, dtype), 1, 0, device) / 1e3})
+        step_s[t] = row.get("s", float("nan"))
+        return not row["oom"]
+
+    found = search(fits, 64, start=start, limit=limit, time_cap_s=max_probe_s, resolution=max(start // 4, 64))
     stopped = {"failure": "oom"}.get(found.stopped_by, found.stopped_by)
     return {"largest_fitting_T": found.largest, "stopped_by": stopped,
-            "probes": [{"T": t, "fits": ok, "s": s} for t, ok, s in found.probes]}
+            "probes": [{"T": t, "fits": ok, "s": step_s[t]} for t, ok, _ in found.probes]}
 
 
 def step_throughput(cfg, seq_len: int, device: str, dtype: torch.dtype, peak_tflops: float | None) -> dict:

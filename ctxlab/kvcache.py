@@ -18,7 +18,8 @@ def kv_cache_bytes_per_token(cfg: ModelConfig, bytes_per_element: int = 4) -> in
 
 class LayerView:
     """One layer's part of a cache, as its attention sees it: append this step's k/v, get every k/v so far.
-    Taken before the step (``cache.view(layer)``), so every layer of one step writes at the same start."""
+    Taken as the layer runs (``cache.view(layer)``), before the step's ``advance``: every layer of one
+    step writes at the same start."""
 
     def __init__(self, cache: "ContiguousKVCache | PagedKVCache", layer: int):
         self.cache, self.layer, self.start = cache, layer, cache.seq_len

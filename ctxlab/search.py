@@ -26,7 +26,7 @@ class Search:
 
 
 def search(fits: Callable[[int], bool], granule: int, start: int | None = None, limit: int = 2**40,
-           factor: float = 2.0, step: int | None = None, tolerance: float = 0.0,
+           factor: float = 2.0, step: int | None = None, tolerance: float = 0.0, resolution: int = 0,
            time_cap_s: float | None = None) -> Search:
     """Largest multiple of ``granule`` for which ``fits`` holds (0 when ``granule`` itself does not).
 
@@ -34,11 +34,14 @@ def search(fits: Callable[[int], bool], granule: int, start: int | None = None, 
     ``granule``); from there the size grows (or shrinks) by ``factor``, or by ``step`` when given (a walk
     from a start known to be close). Growth stops at the first failure, before a probe past ``limit`` (the
     largest fitting size seen is returned, ``stopped_by="limit"``) or after a probe that took more than
-    ``time_cap_s`` seconds (``"time"``: sizes beyond it would only take longer). Bisection then narrows
-    the bracket to ``granule``, or to ``tolerance`` times the size when that is coarser.
+    ``time_cap_s`` seconds (``"time"``: sizes beyond it would only take longer; a probe's time is the
+    whole call of ``fits``). Bisection then narrows the bracket to ``granule``, or to ``resolution``
+    tokens or ``tolerance`` times the size when one of those is coarser.
     """
     positive_int("granule", granule)
     positive_int("limit", limit)
+    if limit < granule:
+        raise ValueError(f"limit must be >= granule={granule}, got {limit}")
     if not factor > 1:
         raise ValueError(f"factor must be > 1, got {factor!r}")
     if step is not None:
@@ -58,7 +61,7 @@ def search(fits: Callable[[int], bool], granule: int, start: int | None = None, 
         units = size / granule
         return granule * int(math.ceil(units - 1e-9) if up else math.floor(units + 1e-9))
 
-    size = min(max(granule, snap(start or granule, up=False)), snap(limit, up=False) or granule)
+    size = min(max(granule, snap(start or granule, up=False)), snap(limit, up=False))
     ok, seconds = probe(size)
     if ok:
         lo = size
@@ -78,13 +81,13 @@ def search(fits: Callable[[int], bool], granule: int, start: int | None = None, 
     else:
         hi = size
         while True:
-            lo = min(hi - granule, snap(hi - step if step else hi / factor, up=False))
-            if lo < granule:
+            if hi <= granule:
                 return result  # not even one granule fits
+            lo = max(granule, min(hi - granule, snap(hi - step if step else hi / factor, up=False)))
             if probe(lo)[0]:
                 break
             hi = lo
-    while hi - lo > max(granule, tolerance * lo):
+    while hi - lo > max(granule, resolution, tolerance * lo):
         mid = (lo + hi) // 2 // granule * granule
         if mid <= lo:
             break

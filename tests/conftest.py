@@ -16,6 +16,7 @@ def _one_thread():
     ``OMP_NUM_THREADS`` set by hand (``OMP_NUM_THREADS=2 make unit``) is honoured, so that the tolerances are
     checked under another reduction order too."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    wanted = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(wanted) if wanted.isdigit() and int(wanted) > 0 else 1)
     yield
     torch.set_num_threads(threads)

@@ -1,5 +1,4 @@
 """Equivalences that must hold on any valid input, checked on inputs drawn by hypothesis."""
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -125,3 +125,14 @@ def test_rings_of_two_three_and_four_ranks():
     max_err, mem_ratio, zigzag, plain = map(float, match.groups())
     assert max_err <= TOL and mem_ratio < 0.5 and zigzag == 1.0 and plain == 1.6
 
+
+
+def test_context_parallelism_refuses_recomputation_before_any_communication():
+    """Backward rebuilds checkpointed blocks after the ring is put away: refused, with the reason."""
+    from ctxlab import GPT, reference_config
+
+    model = GPT(reference_config(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=16,
+                                 checkpoint_every=1))
+    x = torch.zeros(1, 16, dtype=torch.long)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        context_parallel_step(model, x, x)

@@ -59,3 +59,19 @@ def test_bad_options_are_named():
         search(lambda n: True, 8, tolerance=1.0)
     with pytest.raises(ValueError, match="limit"):
         search(lambda n: True, 8, limit=0)
+
+
+@pytest.mark.parametrize("options", [{"factor": 4.0}, {"step": 64}, {"factor": 1.1}])
+def test_shrinking_from_far_above_still_tries_one_granule(options):
+    for boundary in (16, 20, 40, 100):
+        found = search(lambda n: n <= boundary, 16, start=640, **options)
+        assert found.largest == boundary // 16 * 16, (options, boundary)
+    assert search(lambda n: False, 16, start=640, **options).largest == 0
+
+
+def test_a_limit_below_one_granule_is_refused_and_resolution_coarsens_the_bracket():
+    with pytest.raises(ValueError, match="limit"):
+        search(lambda n: True, 64, limit=50)
+    fine, coarse = (search(lambda n: n <= 10_000, 16, start=16, resolution=r) for r in (0, 1024))
+    assert fine.largest == 10_000 // 16 * 16 and 10_000 - 1024 <= coarse.largest <= 10_000
+    assert len(coarse.probes) < len(fine.probes)

@@ -71,6 +71,9 @@ def context_parallel_step(model: nn.Module, tokens: Tensor, targets: Tensor, gro
     rank's ``.grad`` holds the full gradient (then ``optimizer.step()`` runs, if one is given), equal
     to that of one rank training on the whole sequence.
     """
+    if getattr(getattr(model, "cfg", None), "checkpoint_every", 0):  # backward rebuilds blocks after the ring
+        raise ValueError(f"cfg.checkpoint_every must be 0 under context parallelism, got "
+                         f"{model.cfg.checkpoint_every}: recomputed blocks would not run the ring")
     group = require_process_group(group)
     check_token_batch(tokens, targets)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
