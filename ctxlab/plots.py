@@ -224,14 +224,15 @@ def accuracy_heatmaps(grids: dict[str, "np.ndarray"], lengths: Sequence[int], de
 def recurrent_figure(res: dict):
     """Chapter 1's E2 figure from ``bench.recurrent`` results: accuracy by distance (mean over seeds) per
     model and length, and the forward time per token as T grows."""
+    from .bench.recurrent import mean_accuracy
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
     styles = {"lstm": ("C0", "LSTM"), "gpt": ("C1", "GPT")}
     for (model, (color, name)) in styles.items():
         for t, marker in zip(res["lengths"], "osd"):
-            bins = list(res["runs"][0][model]["accuracy"][str(t)])
-            mids = [sum(int(x) for x in b.split("-")) / 2 for b in bins]
-            acc = [np.mean([r[model]["accuracy"][str(t)][b] for r in res["runs"]]) for b in bins]
-            ax1.plot(mids, acc, marker=marker, color=color, label=f"{name}, T={t}")
+            acc = mean_accuracy(res, model, t)
+            mids = [sum(int(x) for x in b.split("-")) / 2 for b in acc]
+            ax1.plot(mids, [m for m, _ in acc.values()], marker=marker, color=color, label=f"{name}, T={t}")
         times = res["ms_per_token"][model]
         ax2.plot([int(t) for t in times], list(times.values()), "o-", color=color, label=name)
     ax1.set_xscale("log")

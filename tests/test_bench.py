@@ -68,3 +68,11 @@ def test_with_other_load_counts_what_other_processes_took():
     finally:
         busy.wait()
     assert other > 0.5 and other > idle, (idle, other)  # about one core spinning elsewhere
+
+
+def test_heads_leave_the_attention_work_unchanged_and_kv_sharing_shrinks_the_cache():
+    from ctxlab.bench.attention import heads_comparison
+
+    rows = heads_comparison(64, 32, [(1, 1), (4, 4), (4, 1)])
+    assert len({r["flops"] for r in rows}) == 1 and rows[1]["naive_mib"] > rows[0]["naive_mib"]
+    assert [r["kv_bytes"] for r in rows] == [2 * 32 * 4, 2 * 32 * 4, 2 * 8 * 4]

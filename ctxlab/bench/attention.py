@@ -66,6 +66,27 @@ def peak_ratio(rows: list[dict], num: str, den: str, seq_len: int) -> float:
     return peak(num) / peak(den)
 
 
+def heads_comparison(seq_len: int, width: int, shapes: list[tuple[int, int]]) -> list[dict]:
+    """One attention core (scores, softmax, weighted sum; forward and backward) of fixed ``width`` per
+    (heads, kv_heads) shape: counted FLOPs, tracked peak MiB of the naive and fused kernels, and the KV
+    cache bytes per token in fp32 (erratum E3)."""
+    from ..flops import count_flops
+
+    rows = []
+    for heads, kv_heads in shapes:
+        g = torch.Generator().manual_seed(0)
+        d = width // heads
+        q = torch.randn(1, heads, seq_len, d, generator=g, requires_grad=True)
+        k, v = (torch.randn(1, kv_heads, seq_len, d, generator=g, requires_grad=True) for _ in range(2))
+
+        def step(backend: str):
+            return lambda: attention(q, k, v, backend=backend, causal=True).sum().backward()
+        rows.append({"heads": heads, "kv_heads": kv_heads, "flops": count_flops(step("naive")),
+                     "naive_mib": measure_peak(step("naive"), "cpu") / 2**20,
+                     "sdpa_mib": measure_peak(step("sdpa"), "cpu") / 2**20, "kv_bytes": 2 * kv_heads * d * 4})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ctxlab.bench attention", description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

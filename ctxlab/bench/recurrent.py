@@ -118,6 +118,19 @@ def run(seeds: list[int], steps: int, key_len: int = 2, lr: float = 3e-3, sample
     return results
 
 
+def mean_accuracy(res: dict, model: str, seq_len: int | str) -> dict[str, tuple[float, float]]:
+    """Per distance bin of one model and length in ``run`` results: (mean over seeds, max - min)."""
+    per_bin = res["runs"][0][model]["accuracy"][str(seq_len)]
+    values = {b: [r[model]["accuracy"][str(seq_len)][b] for r in res["runs"]] for b in per_bin}
+    return {b: (sum(v) / len(v), max(v) - min(v)) for b, v in values.items()}
+
+
+def mean_gradient(res: dict) -> dict[str, float]:
+    """The LSTM's input-gradient norm per distance bin, mean over seeds."""
+    bins = res["runs"][0]["lstm"]["gradient"]
+    return {b: sum(r["lstm"]["gradient"][b] for r in res["runs"]) / len(res["runs"]) for b in bins}
+
+
 def summary_line(res: dict) -> str:
     """Means over seeds: accuracy at the nearest and farthest bins of the longest length, and the LSTM's
     gradient at the farthest bin over the nearest."""
@@ -127,7 +140,7 @@ def summary_line(res: dict) -> str:
 
     def mean(values):
         return sum(values) / len(values)
-    acc = {f"{m}_{w}": mean([r[m]["accuracy"][long_len][b] for r in res["runs"]])
+    acc = {f"{m}_{w}": mean_accuracy(res, m, long_len)[b][0]
            for m in ("lstm", "gpt") for w, b in (("near", near), ("far", far))}
     grad = mean([r["lstm"]["gradient"][far] / r["lstm"]["gradient"][near] for r in res["runs"]])
     return (f"lstm_near={acc['lstm_near']:.3f} lstm_far={acc['lstm_far']:.3f} gpt_near={acc['gpt_near']:.3f} "
