@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
 BUILD := $(VENV)/bin/jupyter-book build . -W -n --keep-going
 
-.PHONY: install book test unit nbval bookcheck browserdeps lab execute gpucheck clean
+.PHONY: install book test unit nbval bookcheck browserdeps lab execute format gpucheck clean
 
 install: $(STAMP)
 
@@ -47,6 +47,12 @@ bookcheck: $(STAMP)
 	rm -rf _build
 	$(BUILD)
 	@echo "Book built: $(CURDIR)/_build/html/index.html"
+
+# Notebook code in one style, each line within the page's column (tests/book/test_notebooks.py checks the
+# lengths). A string that black cannot split fails that test: split it by hand.
+format: $(STAMP)
+	$(PY) -c "import black" 2>/dev/null || $(PY) -m pip install -q "black[jupyter]>=24,<27"
+	$(PY) -m black -q --line-length 88 --ipynb book/*.ipynb
 
 lab: $(STAMP)
 	$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install -q "jupyterlab>=4,<5"

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import IGNORE
-from .data import passkey_batch
+from .tasks import passkey_batch
 from .model import GPT
 
 

@@ -20,7 +20,7 @@ import torch
 from .atomic import write_json
 from .book_files import CHECKOUT_BOOK
 from .config import ModelConfig, with_positions
-from .data import FACTOR, TRAIN_LEN, VOCAB_SIZE, passkey_batches
+from .tasks import FACTOR, TRAIN_LEN, VOCAB_SIZE, passkey_batches
 from .evaluate import passkey_accuracy
 from .model import GPT
 from .train import load_model, save_model, train

@@ -17,21 +17,13 @@ from typing import Callable
 import torch
 
 from .atomic import write_json
-from .measure import median_ms, run_point
+from .measure import matmul_peak, median_ms, run_point
 from .search import search
 from .bench.attention import sweep
 from .gpu_results import validate
 from .gpucheck_parallel import parallel_checks
 
 SCHEMA_VERSION = 1
-
-
-def matmul_peak(device: str, dtype: torch.dtype, n: int) -> dict:
-    """Measured dense matmul rate (TFLOP/s): the denominator of model FLOPs utilisation."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    ms = median_ms(lambda: a @ b, repeats=10, warmup=3, device=device)
-    return {"n": n, "dtype": str(dtype), "ms": ms, "tflops": 2 * n**3 / (ms / 1e3) / 1e12}
 
 
 def attention_sweep(device: str, dtype: torch.dtype, seq_lens: list[int], backends: list[str],

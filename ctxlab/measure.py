@@ -187,3 +187,11 @@ def with_other_load(fn: Callable[[], Any]) -> tuple[Any, float | None]:
         return result, None
     others = (busy_after - busy) - (_cpu_seconds_ours() - ours)
     return result, max(0.0, others / wall)
+
+
+def matmul_peak(device: str, dtype: torch.dtype, n: int) -> dict:
+    """Measured dense matmul rate (TFLOP/s): the denominator of model FLOPs utilisation."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    ms = median_ms(lambda: a @ b, repeats=10, warmup=3, device=device)
+    return {"n": n, "dtype": str(dtype), "ms": ms, "tflops": 2 * n**3 / (ms / 1e3) / 1e12}

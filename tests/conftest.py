@@ -20,3 +20,17 @@ def _one_thread():
     torch.set_num_threads(int(wanted) if wanted.isdigit() and int(wanted) > 0 else 1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small_config():
+    """``small_config(**changes)``: the tests' usual model (vocab 64, width 32, 2 layers, 4 heads, 64 tokens),
+    validated like any config, so that each test names only what it changes."""
+    from ctxlab import reference_config
+
+    def make(**changes):
+        return reference_config(**{**SMALL_MODEL, **changes})
+    return make
+
+
+SMALL_MODEL = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=64)

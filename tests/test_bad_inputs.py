@@ -13,8 +13,7 @@ from ctxlab import GPT, ContiguousKVCache, ModelConfig, attention, measure_peak,
 from ctxlab.attention import chunked_attention
 from ctxlab.bench.attention import attention_point
 from ctxlab.clipping import adaptive_clip, clip_by_global_norm, clip_by_value, make_clipper
-from ctxlab.data import passkey_batch
-from ctxlab.dialogue import dialogue_batch, make_dialogue
+from ctxlab.tasks import dialogue_batch, make_dialogue, markov_batches, passkey_batch
 from ctxlab.flops import attention_flops_per_token, model_flops_utilisation
 from ctxlab.kvcache import BlockAllocator
 from ctxlab.memory_model import apply_techniques, predict_step_memory
@@ -75,7 +74,9 @@ CASES = [
     (lambda: scaled_rope("pi", 8, 10000.0, 0.5, 16), ValueError, "scale"),
     (lambda: passkey_batch(0, 64, seed=0), ValueError, "batch"),
     (lambda: make_dialogue(100, 20, "age", g), ValueError, "asked"),
-    (lambda: dialogue_batch(0, 64, g), ValueError, "batch_size"),
+    (lambda: dialogue_batch(0, 64, 0), ValueError, "batch_size"),
+    (lambda: dialogue_batch(2, 64, -1), ValueError, "seed"),
+    (lambda: markov_batches(32, seed=-1), ValueError, "seed"),
     (lambda: launch(ok_batch, 0), ValueError, "world_size"),
     (lambda: launch(lambda rank, world: rank, 2), TypeError, "importable"),
     (lambda: stage_bounds(2, 3), ValueError, "stages"),

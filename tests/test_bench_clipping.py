@@ -4,9 +4,7 @@ import pytest
 import torch
 
 from ctxlab.bench.clipping import (clipped_gradients, cosine_rows, divergence_run, grad_cosine, grad_norm_vs_length,
-                                   markov_batches, reference_gradients)
-
-
+                                   reference_gradients)
 
 
 def test_cosines_on_model_gradients():
@@ -24,17 +22,6 @@ def test_cosines_on_model_gradients():
         clipped_gradients(model, "clamp", 1.0)
     with pytest.raises(ValueError, match="seq_len"):
         reference_gradients(seq_len=1)
-
-
-def test_markov_batches_are_reproducible_and_follow_the_chain():
-    a, b = markov_batches(32, vocab=16, branching=2, batch=4, pool=8), markov_batches(32, vocab=16, branching=2,
-                                                                                   batch=4, pool=8)
-    x, y = a(3)
-    assert x.shape == y.shape == (4, 32) and torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(b(3)[0], x)
-    pairs = torch.stack([x.flatten(), y.flatten()], 1).unique(dim=0)
-    assert all((pairs[:, 0] == tok).sum() <= 2 for tok in range(16))
-    with pytest.raises(ValueError, match="branching"):
-        markov_batches(32, vocab=4, branching=5)
 
 
 def test_divergence_run_and_norm_sweep_are_plain_data():

@@ -1,13 +1,10 @@
 import pytest
 
-from ctxlab import reference_config
 from ctxlab.bench.memory import ROWS, attention_peak_ratio, context_rows, main
 
-SMALL = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=4096)
 
-
-def test_context_rows_grow_with_each_technique():
-    rows = context_rows(reference_config(**SMALL), 16 * 2**20, measure=False)
+def test_context_rows_grow_with_each_technique(small_config):
+    rows = context_rows(small_config(max_seq_len=4096), 16 * 2**20, measure=False)
     assert [r["technique"] for r in rows] == [name for name, _ in ROWS]
     ts = [r["predicted_T"] for r in rows]
     assert ts[0] < ts[1] and ts[-1] >= ts[3] >= ts[2] and ts[-1] > 4 * ts[0]

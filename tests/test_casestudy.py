@@ -8,7 +8,7 @@ import torch
 from ctxlab import casestudy
 from ctxlab.casestudy import study
 from ctxlab.casestudy import QUICK, accuracy_by_distance, check_device, check_settings, distance_bins, train_stage
-from ctxlab.dialogue import min_length
+from ctxlab.tasks import min_length
 from ctxlab.train import load_checkpoint
 
 TINY = replace(QUICK, base_steps=12, save_every=4, d_model=16, batch=4)

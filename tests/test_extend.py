@@ -5,7 +5,7 @@ import torch
 
 from ctxlab.bench import positions as bench
 from ctxlab.config import with_positions
-from ctxlab.data import TRAIN_LEN
+from ctxlab.tasks import TRAIN_LEN
 from ctxlab.evaluate import passkey_accuracy
 from ctxlab.extend import base_config, main
 from ctxlab.train import load_model

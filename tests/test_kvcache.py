@@ -1,10 +1,8 @@
 import pytest
 import torch
 
-from ctxlab import GPT, reference_config
+from ctxlab import GPT
 from ctxlab.kvcache import BlockAllocator, ContiguousKVCache, PagedKVCache, fragmentation_report
-
-SMALL = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
 
 
 def decode(model, tokens, cache, prefill=9):
@@ -14,8 +12,8 @@ def decode(model, tokens, cache, prefill=9):
     return torch.cat(out, dim=1)
 
 
-def test_paged_decode_equals_contiguous_and_full():
-    cfg = reference_config(**SMALL)
+def test_paged_decode_equals_contiguous_and_full(small_config):
+    cfg = small_config(n_kv_heads=2)
     model = GPT(cfg).eval()
     tokens = torch.randint(0, 64, (3, 21))
     paged = PagedKVCache(cfg, batch_size=3, num_blocks=18, block_size=4)
@@ -28,8 +26,8 @@ def test_paged_decode_equals_contiguous_and_full():
     assert paged.nbytes() == 18 * paged.block_bytes()
 
 
-def test_generate_with_paged_cache():
-    cfg = reference_config(**SMALL)
+def test_generate_with_paged_cache(small_config):
+    cfg = small_config(n_kv_heads=2)
     model = GPT(cfg).eval()
     prompt = torch.randint(0, 64, (1, 5))
     assert torch.equal(model.generate(prompt, 7), model.generate(prompt, 7, cache=PagedKVCache(cfg, 1, 4, 4)))
@@ -47,8 +45,8 @@ def test_allocator_frees_and_reports_exhaustion():
         BlockAllocator(0)
 
 
-def test_freed_sequence_blocks_are_reused_and_exhaustion_in_the_model():
-    cfg = reference_config(**SMALL)
+def test_freed_sequence_blocks_are_reused_and_exhaustion_in_the_model(small_config):
+    cfg = small_config(n_kv_heads=2)
     cache = PagedKVCache(cfg, batch_size=2, num_blocks=5, block_size=4)
     cache.reserve(0, 10)  # 3 blocks
     cache.reserve(1, 8)  # 2 blocks
@@ -63,8 +61,8 @@ def test_freed_sequence_blocks_are_reused_and_exhaustion_in_the_model():
         model(torch.zeros(1, 9, dtype=torch.long), cache=small)
 
 
-def test_fragmentation_report():
-    cfg = reference_config(**SMALL)
+def test_fragmentation_report(small_config):
+    cfg = small_config(n_kv_heads=2)
     rep = fragmentation_report(cfg, [5, 16, 17, 64], max_len=64, block_size=16)
     per_token = 2 * 2 * 2 * 8 * 4
     assert rep["used_bytes"] == 102 * per_token

@@ -17,7 +17,7 @@ LAYERS: dict[str, int] = {
     # 1 instruments: measurement, the validated config, atomic writes, the book's files, the one search
     "measure": 1, "config": 1, "atomic": 1, "book_files": 1, "search": 1,
     # 2 techniques: each one idea, none importing another's harness
-    "attention": 2, "positions": 2, "kvcache": 2, "clipping": 2, "packing": 2, "data": 2, "dialogue": 2,
+    "attention": 2, "positions": 2, "kvcache": 2, "clipping": 2, "packing": 2, "tasks": 2,
     # 3 the model
     "model": 3, "recurrent": 3,
     # 4 training, evaluation and cost models

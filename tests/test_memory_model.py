@@ -1,23 +1,21 @@
 import pytest
 import torch
 
-from ctxlab import GPT, reference_config
+from ctxlab import GPT
 from ctxlab.memory_model import (apply_techniques, count_params, max_context, measure_step_memory,
                                  predict_step_memory)
-
-SMALL = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=4096)
 
 
 @pytest.mark.parametrize("changes", [{}, dict(tie_weights=False), dict(share_layers=True), dict(n_kv_heads=1),
                                      dict(n_layers=3, mlp_ratio=2)])
-def test_parameter_count_formula(changes):
-    cfg = reference_config(**{**SMALL, **changes})
+def test_parameter_count_formula(changes, small_config):
+    cfg = small_config(max_seq_len=4096, **changes)
     with torch.device("meta"):
         assert count_params(cfg) == GPT(cfg).num_params()
 
 
-def test_traced_measurement_equals_a_real_step():
-    cfg = reference_config(**SMALL)
+def test_traced_measurement_equals_a_real_step(small_config):
+    cfg = small_config(max_seq_len=4096)
     assert measure_step_memory(cfg, 128, fake=True) == measure_step_memory(cfg, 128, fake=False)
 
 
@@ -25,21 +23,21 @@ def test_traced_measurement_equals_a_real_step():
                                              (dict(attention="chunked", attn_chunk=64), 256),
                                              (dict(checkpoint_every=1), 1024),
                                              (dict(checkpoint_every=1, loss_chunk=128, mlp_chunk=128), 1024)])
-def test_prediction_within_15_percent_of_measurement(changes, seq_len):
-    cfg = reference_config(**SMALL, **changes)
+def test_prediction_within_15_percent_of_measurement(changes, seq_len, small_config):
+    cfg = small_config(max_seq_len=4096, **changes)
     measured = measure_step_memory(cfg, seq_len)["total"]
     predicted = predict_step_memory(cfg, seq_len)["total"]
     assert abs(predicted - measured) / measured < 0.15
 
 
-def test_states_are_16_bytes_per_parameter():
-    cfg = reference_config(**SMALL)
+def test_states_are_16_bytes_per_parameter(small_config):
+    cfg = small_config(max_seq_len=4096)
     p = predict_step_memory(cfg, 64)
     assert p["parameters"] + p["gradients"] + p["optimizer"] == 16 * count_params(cfg)
 
 
-def test_max_context_predicted_and_measured():
-    cfg = reference_config(**SMALL)
+def test_max_context_predicted_and_measured(small_config):
+    cfg = small_config(max_seq_len=4096)
     budget = 3 * 2**20
     naive = max_context(cfg, budget, ["naive"])
     best = max_context(cfg, budget, ["sdpa", "checkpoint", "chunked_loss"])
@@ -51,8 +49,8 @@ def test_max_context_predicted_and_measured():
     assert measure_step_memory(apply_techniques(cfg, ["naive"]), measured)["total"] <= budget
 
 
-def test_bad_inputs():
-    cfg = reference_config(**SMALL)
+def test_bad_inputs(small_config):
+    cfg = small_config(max_seq_len=4096)
     states = 16 * count_params(cfg)
     with pytest.raises(ValueError, match="smaller than the model's own states"):
         max_context(cfg, states - 1)

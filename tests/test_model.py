@@ -1,13 +1,11 @@
 import pytest
 import torch
 
-from ctxlab import GPT, ContiguousKVCache, kv_cache_bytes_per_token, reference_config
-
-SMALL = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=64)
+from ctxlab import GPT, ContiguousKVCache, kv_cache_bytes_per_token
 
 
-def test_shapes_and_loss():
-    model = GPT(reference_config(**SMALL))
+def test_shapes_and_loss(small_config):
+    model = GPT(small_config())
     tokens = torch.randint(0, 64, (3, 20))
     logits, loss = model(tokens, targets=torch.randint(0, 64, (3, 20)))
     assert logits.shape == (3, 20, 64) and loss.ndim == 0
@@ -15,8 +13,8 @@ def test_shapes_and_loss():
     assert model(tokens)[1] is None
 
 
-def test_ignore_index():
-    model = GPT(reference_config(**SMALL))
+def test_ignore_index(small_config):
+    model = GPT(small_config())
     tokens = torch.randint(0, 64, (2, 10))
     targets = torch.full_like(tokens, -100)
     targets[:, -1] = tokens[:, -1]
@@ -27,8 +25,8 @@ def test_ignore_index():
 
 
 @pytest.mark.parametrize("backend", ["naive", "sdpa"])
-def test_causality(backend):
-    model = GPT(reference_config(**SMALL, attention=backend)).eval()
+def test_causality(backend, small_config):
+    model = GPT(small_config(attention=backend)).eval()
     tokens = torch.randint(0, 64, (1, 24))
     changed = tokens.clone()
     changed[0, 15:] = (changed[0, 15:] + 7) % 64
@@ -39,8 +37,8 @@ def test_causality(backend):
 
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
-def test_backends_agree_in_the_model(n_kv_heads):
-    cfg = reference_config(**SMALL, n_kv_heads=n_kv_heads)
+def test_backends_agree_in_the_model(n_kv_heads, small_config):
+    cfg = small_config(n_kv_heads=n_kv_heads)
     ref = GPT(cfg.replace(attention="naive"))
     other = GPT(cfg.replace(attention="sdpa"))
     other.load_state_dict(ref.state_dict())
@@ -48,15 +46,15 @@ def test_backends_agree_in_the_model(n_kv_heads):
     torch.testing.assert_close(other(tokens)[0], ref(tokens)[0], atol=1e-5, rtol=1e-5)
 
 
-def test_weight_tying_is_one_tensor():
-    tied = GPT(reference_config(**SMALL))
-    untied = GPT(reference_config(**SMALL, tie_weights=False))
+def test_weight_tying_is_one_tensor(small_config):
+    tied = GPT(small_config())
+    untied = GPT(small_config(tie_weights=False))
     assert tied.head.weight is tied.embed.weight
     assert untied.num_params() - tied.num_params() == 64 * 32
 
 
-def test_too_long_sequence_raises():
-    model = GPT(reference_config(**SMALL))
+def test_too_long_sequence_raises(small_config):
+    model = GPT(small_config())
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.zeros(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="tokens must be"):
@@ -65,8 +63,8 @@ def test_too_long_sequence_raises():
         GPT({"d_model": 3})
 
 
-def test_kv_cache_decode_matches_full_forward():
-    cfg = reference_config(**SMALL, n_kv_heads=2)
+def test_kv_cache_decode_matches_full_forward(small_config):
+    cfg = small_config(n_kv_heads=2)
     model = GPT(cfg).eval()
     tokens = torch.randint(0, 64, (2, 12))
     with torch.no_grad():
@@ -79,8 +77,8 @@ def test_kv_cache_decode_matches_full_forward():
     assert cache.nbytes() == kv_cache_bytes_per_token(cfg) * 16 * 2
 
 
-def test_generate_with_and_without_cache_agree():
-    cfg = reference_config(**SMALL)
+def test_generate_with_and_without_cache_agree(small_config):
+    cfg = small_config()
     model = GPT(cfg).eval()
     prompt = torch.randint(0, 64, (1, 5))
     a = model.generate(prompt, 6)
@@ -88,8 +86,8 @@ def test_generate_with_and_without_cache_agree():
     assert torch.equal(a, b) and a.shape == (1, 11)
 
 
-def test_cache_overflow_raises():
-    cfg = reference_config(**SMALL)
+def test_cache_overflow_raises(small_config):
+    cfg = small_config()
     model = GPT(cfg).eval()
     cache = ContiguousKVCache(cfg, 1, 4)
     with pytest.raises(ValueError, match="overflow"):

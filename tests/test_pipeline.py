@@ -10,7 +10,8 @@ import torch
 from ctxlab import ModelConfig
 from ctxlab.bench.pipeline import main, run
 from ctxlab.parallel import launch
-from ctxlab.parallel.bubble import bubble_measured, bubble_theory, peak_held, replay, simulate
+from ctxlab.parallel.bubble import bubble_measured, bubble_theory, replay, simulate
+from ctxlab.parallel.events import peak_held
 from ctxlab.bench.pipeline_torch import merge_grads, schedules_worker, single_process_step
 from ctxlab.parallel.bubble import SCHEDULES, schedule_order
 from ctxlab.parallel.pipeline import check_step, stage_bounds

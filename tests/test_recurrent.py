@@ -8,7 +8,7 @@ import torch
 
 from ctxlab.bench.recurrent import DISTANCE_BINS, accuracy_by_distance, gradient_by_distance, make_models
 from ctxlab.config import IGNORE
-from ctxlab.data import VOCAB_SIZE, passkey_batches
+from ctxlab.tasks import VOCAB_SIZE, passkey_batches
 from ctxlab.recurrent import LSTMLM, hidden_for_budget, lstm_params
 from ctxlab.train import train
 

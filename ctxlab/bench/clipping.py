@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..clipping import RULES, total_norm
 from ..config import ModelConfig, reference_config
 from ..model import GPT
+from ..tasks import markov_batches
 from ..train import train
 from . import format_table
 
@@ -70,28 +71,6 @@ def cosine_rows(model: torch.nn.Module, settings: list[tuple[str, float]]) -> li
                      "norm_before": float(total_norm(original)), "norm_after": float(total_norm(grads)),
                      "zeroed": zeros})
     return rows
-
-
-def markov_batches(seq_len: int, vocab: int = 64, branching: int = 4, batch: int = 1, pool: int = 256,
-                   seed: int = 0):
-    """Sequences from a fixed random Markov chain (each token has ``branching`` equally likely successors),
-    so the best possible loss is ln(branching). A fixed pool, cycled by index: reproducible and cheap."""
-    if not (seq_len >= 2 and 1 <= branching <= vocab and 1 <= batch <= pool):
-        raise ValueError(f"need seq_len >= 2, 1 <= branching <= vocab, 1 <= batch <= pool; got "
-                         f"seq_len={seq_len}, branching={branching}, vocab={vocab}, batch={batch}, pool={pool}")
-    gen = torch.Generator().manual_seed(seed)
-    successors = torch.stack([torch.randperm(vocab, generator=gen)[:branching] for _ in range(vocab)])
-    data = torch.empty(pool, seq_len + 1, dtype=torch.long)
-    data[:, 0] = torch.randint(0, vocab, (pool,), generator=gen)
-    choice = torch.randint(0, branching, (pool, seq_len), generator=gen)
-    for t in range(seq_len):
-        data[:, t + 1] = successors[data[:, t], choice[:, t]]
-
-    def get_batch(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start = (i * batch) % (pool - batch + 1)
-        x = data[start:start + batch]
-        return x[:, :-1], x[:, 1:]
-    return get_batch
 
 
 def experiment_model(seq_len: int, seed: int = 0, vocab: int = 64) -> GPT:

@@ -19,7 +19,8 @@ import time
 import torch
 
 from ..config import ModelConfig, positive_int, reference_config
-from ..parallel.bubble import SCHEDULES, bubble_measured, bubble_theory, peak_held, replay, simulate, step_time
+from ..parallel.bubble import SCHEDULES, bubble_measured, bubble_theory, replay, simulate, step_time
+from ..parallel.events import peak_held
 from ..parallel.launch import launch
 from ..parallel.pipeline import pipeline_worker, stage_bounds
 from . import format_table

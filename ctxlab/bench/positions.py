@@ -15,7 +15,7 @@ import torch
 
 from ..book_files import CHECKOUT_BOOK
 from ..config import positive_int, with_positions
-from ..data import FACTOR, TRAIN_LEN
+from ..tasks import FACTOR, TRAIN_LEN
 from ..evaluate import passkey_accuracy
 from ..train import load_model
 

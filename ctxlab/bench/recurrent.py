@@ -22,7 +22,7 @@ import torch
 
 from ..atomic import write_json
 from ..config import ModelConfig, positive_int
-from ..data import TRAIN_LEN, VOCAB_SIZE, passkey_batch, passkey_batches
+from ..tasks import TRAIN_LEN, VOCAB_SIZE, passkey_batch, passkey_batches
 from ..model import GPT
 from ..recurrent import LSTMLM, hidden_for_budget
 from ..train import train

@@ -1,6 +1,6 @@
 """The chatbot case study, end to end: train short, lose far facts, extend, fine-tune, measure.
 
-``python -m ctxlab.casestudy`` trains the small GPT on synthetic dialogues (:mod:`ctxlab.dialogue`) at
+``python -m ctxlab.casestudy`` trains the small GPT on synthetic dialogues (:mod:`ctxlab.tasks.dialogue`) at
 ``train_len`` tokens with gradient clipping; measures answer accuracy by distance to the fact at 1x, 2x
 and 4x that length; extends RoPE 4x with YaRN (the best scaling of chapter 6, :mod:`ctxlab.extend`) and
 fine-tunes briefly at 4x with flash (SDPA) attention and activation checkpointing, on every GPU with

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ATTENTION_BACKENDS, STATIC_SCALINGS, ModelConfig, positive_int, require, with_positions
-from ..dialogue import DialogueSpec, dialogue_batch, min_length
+from ..tasks import DialogueSpec, min_length
+from ..tasks import dialogue_batches as dialogue_task_batches
 
 
 @dataclass(frozen=True)
@@ -91,14 +92,8 @@ def extended_config(s: Settings, seq_len: int, scaling: str | None = None) -> Mo
 
 
 def dialogue_batches(s: Settings, batch: int, seq_len: int, seed: int):
-    """step -> (tokens, targets); each step's batch depends only on (seed, step), so resuming repeats nothing."""
-    spec = spec_of(s)
-
-    def get_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        tokens, targets, _ = dialogue_batch(batch, seq_len, g, spec=spec)
-        return tokens, targets
-    return get_batch
+    """step -> (tokens, targets) of the run's dialogues; each step's batch depends only on (seed, step)."""
+    return dialogue_task_batches(batch, seq_len, seed, spec_of(s))
 
 
 def distance_bins(train_len: int, seq_len: int) -> list[tuple[int, int]]:

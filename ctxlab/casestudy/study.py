@@ -18,7 +18,7 @@ import torch
 
 from ..atomic import write_json
 from ..config import positive_int
-from ..dialogue import dialogue_batch
+from ..tasks import dialogue_batch
 from ..evaluate import answer_accuracy
 from ..latency import context_latency
 from ..measure import measure_peak
@@ -40,8 +40,8 @@ def accuracy_by_distance(model: GPT, s: Settings, seq_len: int, n: int | None = 
     device = next(model.parameters()).device
     rows = []
     for lo, hi in distance_bins(s.train_len, seq_len):
-        g = torch.Generator().manual_seed(seed + 7919 * seq_len + lo)
-        tokens, targets, dist = dialogue_batch(n, seq_len, g, max_distance=hi - 1, min_distance=lo, spec=spec_of(s))
+        tokens, targets, dist = dialogue_batch(n, seq_len, seed + 7919 * seq_len + lo, max_distance=hi - 1,
+                                               min_distance=lo, spec=spec_of(s))
         correct = torch.cat([answer_accuracy(model, tokens[i:i + 32].to(device), targets[i:i + 32].to(device)).cpu()
                              for i in range(0, n, 32)])
         rows.append({"seq_len": seq_len, "lo": lo, "hi": hi, "n": n, "correct": int(correct.sum()),

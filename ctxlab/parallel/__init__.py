@@ -1,9 +1,23 @@
 """Data, pipeline and context parallelism that run for real: gloo CPU processes or NCCL GPUs, same code.
 
 ``launch`` starts ranks from a notebook or script; ``run_from_env`` runs the same worker under torchrun.
+One file per technique: ``ddp`` (``DataParallel``), ``pipeline`` (``Stage``, ``run_schedule``) with
+its schedule maths in ``bubble``, and ``ring`` (``ring_attention``) with its layout in ``sharding``
+and its model wrapper in ``context``.
 """
 from __future__ import annotations
 
+from .bubble import bubble_measured, bubble_theory, schedule_order, simulate, step_time
+from .context import context_parallel, context_parallel_step
+from .events import peak_held
+from .ddp import DataParallel, ddp_compare_worker
 from .launch import RankFailure, RankTimeout, choose_backend, launch, rank_device, run_from_env, under_torchrun
+from .pipeline import Stage, run_schedule, stage_bounds
+from .ring import comm_bytes_formula, ring_attention, ring_schedule
+from .sharding import chunk_ids, shard_positions
 
-__all__ = ["launch", "run_from_env", "under_torchrun", "choose_backend", "rank_device", "RankFailure", "RankTimeout"]
+__all__ = ["launch", "run_from_env", "under_torchrun", "choose_backend", "rank_device", "RankFailure", "RankTimeout",
+           "bubble_measured", "bubble_theory", "peak_held", "schedule_order", "simulate", "step_time",
+           "context_parallel", "context_parallel_step", "DataParallel", "ddp_compare_worker", "Stage",
+           "run_schedule", "stage_bounds", "comm_bytes_formula", "ring_attention", "ring_schedule", "chunk_ids",
+           "shard_positions"]

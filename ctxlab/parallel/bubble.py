@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..config import positive_int
-from .events import Event, peak_held  # noqa: F401  (peak_held: the bubble's companion figure)
+from .events import Event
 
 SCHEDULES = ("gpipe", "1f1b")
 

@@ -88,3 +88,35 @@ def test_nbval_runs_under_the_portable_kernel_path():
     """make nbval checks the stored (native) outputs under ATEN_CPU_CAPABILITY=default (CONTRIBUTING.md)."""
     makefile = (ROOT / "Makefile").read_text()
     assert "NBVAL_CPU ?= default" in makefile and "ATEN_CPU_CAPABILITY=$(NBVAL_CPU)" in makefile
+
+
+MAX_LINE = 88  # what the page's code column shows without scrolling (make format keeps to it)
+
+
+def _code_cells(path):
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_lines_fit_the_column(path):
+    long = [(i, line) for i, cell in enumerate(_code_cells(path))
+            for line in "".join(cell["source"]).splitlines() if len(line) > MAX_LINE]
+    assert not long, f"{path.name}: {len(long)} code lines over {MAX_LINE} characters, first {long[0]}"
+
+
+def _only_asserts(source: str) -> bool:
+    import ast
+
+    # an IPython magic becomes ``pass`` at its own indentation, so the cell parses as Python
+    lines = [ln[: len(ln) - len(ln.lstrip())] + "pass" if ln.lstrip().startswith(("%", "!")) else ln
+             for ln in source.splitlines()]
+    body = ast.parse("\n".join(lines)).body
+    return bool(body) and all(isinstance(s, ast.Assert) for s in body)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_cells_of_asserts_are_folded(path):
+    """A reader sees prose, results and plots; the checks behind them are one click away."""
+    for i, cell in enumerate(_code_cells(path)):
+        if _only_asserts("".join(cell["source"])):
+            assert "hide-input" in cell.get("metadata", {}).get("tags", []), f"{path.name} code cell {i}"

@@ -14,11 +14,13 @@ A fact turn is ``USER KEY value...``. Targets are IGNORE (-100) everywhere excep
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .config import IGNORE, positive_int
+from ..config import IGNORE, positive_int
+from .seeding import check_seed, torch_generator
 
 PAD, BOS, USER, BOT, ASK = 0, 1, 2, 3, 4
 KEYS = {"name": 5, "order": 6, "like": 7}
@@ -121,12 +123,13 @@ def make_dialogue(seq_len: int, distance: int, asked: str, g: torch.Generator,
     return tokens, targets
 
 
-def dialogue_batch(batch_size: int, seq_len: int, g: torch.Generator, distance: int | None = None,
+def dialogue_batch(batch_size: int, seq_len: int, seed: int, distance: int | None = None,
                    max_distance: int | None = None, spec: DialogueSpec = DialogueSpec(),
                    min_distance: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """(tokens, targets, distances): distances drawn uniformly in [min_distance, max_distance] unless fixed
-    (never below the shortest distance each asked fact allows)."""
+    (never below the shortest distance each asked fact allows). The same seed gives the same data."""
     positive_int("batch_size", batch_size)
+    g = torch_generator(seed)
     kinds = list(KEYS)
     hi = max_distance if max_distance is not None else seq_len - min_length(0)
     rows, tgts, dists = [], [], []
@@ -139,3 +142,16 @@ def dialogue_batch(batch_size: int, seq_len: int, g: torch.Generator, distance: 
         tgts.append(tgt)
         dists.append(d)
     return torch.tensor(rows), torch.tensor(tgts), torch.tensor(dists)
+
+
+def dialogue_batches(batch_size: int, seq_len: int, seed: int,
+                     spec: DialogueSpec = DialogueSpec()) -> Callable[[int], tuple[Tensor, Tensor]]:
+    """``get_batch(i) -> (tokens, targets)`` for ``train.train``; batch i depends only on (seed, i)."""
+    check_seed(seed)
+    dialogue_batch(1, seq_len, seed, spec=spec)  # fail now on bad arguments, not inside the training loop
+
+    def get_batch(i: int) -> tuple[Tensor, Tensor]:
+        tokens, targets, _ = dialogue_batch(batch_size, seq_len, seed * 1_000_003 + i, spec=spec)
+        return tokens, targets
+
+    return get_batch

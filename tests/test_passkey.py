@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from ctxlab.config import IGNORE
-from ctxlab.data import MARK, N_DIGITS, VOCAB_SIZE, language_batch, passkey_batch, passkey_batches
+from ctxlab.tasks import MARK, VOCAB_SIZE, language_batch, passkey_batch, passkey_batches
 
 
 @pytest.mark.parametrize("seq_len", [40, 128, 515])

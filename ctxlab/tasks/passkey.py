@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import IGNORE
+from ..config import IGNORE
+from .seeding import at_least, check_seed, next_token_targets
 
 N_DIGITS = 10
 MAX_KEY_LEN = 5
@@ -30,16 +31,6 @@ VOCAB_SIZE = 96
 TRAIN_LEN, FACTOR = 128, 4  # chapter 6's passkey experiment: trained at 128 tokens, extended 4x
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _rng(seed: int) -> np.random.Generator:
-    _check_int("seed", seed, 0)
-    return np.random.default_rng(seed)
-
-
 def _words_text(rng: np.random.Generator, n_tokens: int, n_words: int, word_len: int) -> list[list[int]]:
     """A list of words (each ``word_len`` filler tokens) covering at least ``n_tokens`` tokens."""
     dictionary = rng.integers(FIRST_FILLER, VOCAB_SIZE, size=(n_words, word_len))
@@ -47,21 +38,15 @@ def _words_text(rng: np.random.Generator, n_tokens: int, n_words: int, word_len:
     return [dictionary[i].tolist() for i in picks]
 
 
-def _next_token_targets(tokens: Tensor) -> Tensor:
-    targets = torch.full_like(tokens, IGNORE)
-    targets[:, :-1] = tokens[:, 1:]
-    return targets
-
-
 def language_batch(batch: int, seq_len: int, seed: int, n_words: int = 16, word_len: int = 4) -> tuple[Tensor, Tensor]:
     """(tokens, next-token targets), each (batch, seq_len); the same seed gives the same data."""
     for name, value, lo in (("batch", batch, 1), ("seq_len", seq_len, 2), ("n_words", n_words, 1),
                             ("word_len", word_len, 1)):
-        _check_int(name, value, lo)
-    rng = _rng(seed)
+        at_least(name, value, lo)
+    rng = np.random.default_rng(check_seed(seed))
     rows = [sum(_words_text(rng, seq_len, n_words, word_len), [])[:seq_len] for _ in range(batch)]
     tokens = torch.tensor(rows, dtype=torch.long)
-    return tokens, _next_token_targets(tokens)
+    return tokens, next_token_targets(tokens)
 
 
 @dataclass
@@ -89,15 +74,15 @@ def passkey_batch(batch: int, seq_len: int, seed: int, depth: float | list[float
         raise ValueError(f"loss_on must be 'all' or 'answer', got {loss_on!r}")
     for name, value, lo in (("batch", batch, 1), ("key_len", key_len, 1), ("n_words", n_words, 1),
                             ("word_len", word_len, 1)):
-        _check_int(name, value, lo)
+        at_least(name, value, lo)
     if key_len > MAX_KEY_LEN:
         raise ValueError(f"key_len must be in 1..{MAX_KEY_LEN}, got {key_len!r}")
     block = key_len + 1
-    _check_int("seq_len", seq_len, 2 * block + word_len)
+    at_least("seq_len", seq_len, 2 * block + word_len)
     depths = np.full(batch, np.nan) if depth is None else np.broadcast_to(np.asarray(depth, dtype=float), (batch,))
     if depth is not None and (np.any(np.isnan(depths)) or depths.min() < 0 or depths.max() > 1):
         raise ValueError(f"depth must lie in [0, 1] (0 = start, 1 = end), got {depth!r}")
-    rng = _rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     text_len = seq_len - 2 * block  # filler tokens around the hidden key
     last_slot = text_len // word_len  # the key may start after 0..last_slot whole words
     rows, keys, key_pos = [], [], []
@@ -114,7 +99,7 @@ def passkey_batch(batch: int, seq_len: int, seed: int, depth: float | list[float
         keys.append(key)
         key_pos.append(len(before))
     tokens = torch.tensor(rows, dtype=torch.long)
-    targets = _next_token_targets(tokens)
+    targets = next_token_targets(tokens)
     key_pos_t = torch.tensor(key_pos, dtype=torch.long)
     hidden = key_pos_t[:, None] + torch.arange(key_len)[None, :]  # predicting the hidden digits is a guess
     targets.scatter_(1, hidden, IGNORE)
@@ -129,7 +114,7 @@ def passkey_batch(batch: int, seq_len: int, seed: int, depth: float | list[float
 
 def passkey_batches(batch: int, seq_len: int, seed: int, **kwargs) -> Callable[[int], tuple[Tensor, Tensor]]:
     """``get_batch(i) -> (tokens, targets)`` for ``train.train``: batch i uses seed ``seed + i`` (reproducible)."""
-    _check_int("seed", seed, 0)
+    check_seed(seed)
     passkey_batch(1, seq_len, seed, **kwargs)  # fail now on bad arguments, not inside the training loop
 
     def get_batch(i: int) -> tuple[Tensor, Tensor]:
