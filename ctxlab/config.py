@@ -1,17 +1,26 @@
-"""The model's shape and options, validated once so that every module can trust them."""
+"""The model's shape and options, validated once so that every module can trust them.
+
+``ModelConfig.from_hf`` reads a Hugging Face ``config.json`` of the Llama family (Llama, Mistral,
+Qwen2), or one of the shipped ones by name (``hf_config.SHIPPED_MODELS``), into the same config.
+"""
 from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from torch import Tensor
+
+from .hf_config import hf_config_fields, read_hf_config
 
 # The names a config may choose, declared here at the bottom of the package. The modules that implement
 # them (attention.py, positions.py) use the same names; tests check that their tables match.
 ATTENTION_BACKENDS = ("naive", "sdpa", "chunked")
-ROPE_SCALINGS = ("none", "pi", "ntk", "yarn", "dynamic_ntk")
-STATIC_SCALINGS = ("pi", "ntk", "yarn")  # a fixed scale s: positions up to s * original_len
+ROPE_SCALINGS = ("none", "pi", "ntk", "yarn", "yarn_paper", "dynamic_ntk", "llama3")
+STATIC_SCALINGS = ("pi", "ntk", "yarn", "yarn_paper")  # a fixed scale s: positions up to s * original_len
 POSITION_ENCODINGS = ("rope", "alibi")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")  # GPT-2's 2-matrix MLP; Llama's gated 3-matrix one: down(silu(gate x) * up x)
 IGNORE = -100  # the target value every loss skips (torch's cross_entropy default): prompts, padding, masks
 
 
@@ -44,7 +53,9 @@ def _require(ok: bool, name: str, allowed: str, value: object) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A small causal GPT. ``n_kv_heads < n_heads`` gives GQA, ``n_kv_heads == 1`` gives MQA.
+    """A causal transformer: by default the book's small GPT (LayerNorm, GELU MLP, tied head); with
+    ``norm="rmsnorm"``, ``mlp="swiglu"``, ``tie_weights=False`` a Llama. ``n_kv_heads < n_heads`` gives
+    GQA, ``n_kv_heads == 1`` MQA.
 
     Frozen: a model reads its config once, when it is built, so a changed copy (``replace``) means a new
     model; nothing can change a config that a model already holds."""
@@ -64,6 +75,15 @@ class ModelConfig:
     tie_weights: bool = True
     dropout: float = 0.0
     mlp_ratio: int = 4
+    d_ff: int | None = None  # the MLP's hidden width; None: mlp_ratio * d_model
+    mlp: str = "gelu"
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
+    rope_low_freq_factor: float = 1.0  # llama3 scaling: wavelengths over L / low are interpolated
+    rope_high_freq_factor: float = 4.0  # ... and under L / high kept
+    rope_beta_fast: float = 32.0  # YaRN: pairs turning more often than this over L are kept
+    rope_beta_slow: float = 1.0  # ... and less often than this interpolated
     checkpoint_every: int = 0  # 0: keep all activations; k: recompute every k-th block in backward
     share_layers: bool = False  # one block's weights reused by every layer (ALBERT-style)
     loss_chunk: int = 0  # 0: full logits; n: cross-entropy over n tokens at a time, recomputed in backward
@@ -90,6 +110,13 @@ class ModelConfig:
                  self.rope_scale)
         self._check_positions()
         _require(isinstance(self.tie_weights, bool), "tie_weights", "a bool", self.tie_weights)
+        _require(isinstance(self.qkv_bias, bool), "qkv_bias", "a bool", self.qkv_bias)
+        _require(self.d_ff is None or (isinstance(self.d_ff, int) and not isinstance(self.d_ff, bool) and self.d_ff > 0),
+                 "d_ff", "None or a positive int", self.d_ff)
+        _require(self.mlp in MLPS, "mlp", f"one of {MLPS}", self.mlp)
+        _require(self.norm in NORMS, "norm", f"one of {NORMS}", self.norm)
+        _require(isinstance(self.norm_eps, (int, float)) and 0 < self.norm_eps < 1, "norm_eps", "in (0, 1)",
+                 self.norm_eps)
         _require(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "in [0, 1)",
                  self.dropout)
         for name in ("checkpoint_every", "loss_chunk", "mlp_chunk"):
@@ -113,6 +140,14 @@ class ModelConfig:
         orig = self.rope_original_len
         _require(isinstance(orig, int) and not isinstance(orig, bool) and orig > 0, "rope_original_len",
                  f"a positive int (the trained length) when rope_scaling={self.rope_scaling!r}", orig)
+        _require(orig <= self.max_seq_len, "rope_original_len", f"<= max_seq_len={self.max_seq_len} (a scaling "
+                 "stretches the trained length to a longer one)", orig)
+        if self.rope_scaling == "llama3":
+            _require(0 < self.rope_low_freq_factor < self.rope_high_freq_factor, "rope_low_freq_factor",
+                     f"in (0, rope_high_freq_factor={self.rope_high_freq_factor})", self.rope_low_freq_factor)
+        if self.rope_scaling == "yarn":
+            _require(0 < self.rope_beta_slow < self.rope_beta_fast, "rope_beta_slow",
+                     f"in (0, rope_beta_fast={self.rope_beta_fast})", self.rope_beta_slow)
         if self.rope_scaling in STATIC_SCALINGS:
             limit = int(self.rope_scale * orig)
             _require(self.max_seq_len <= limit, "max_seq_len",
@@ -121,6 +156,26 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        """The MLP's hidden width."""
+        return self.d_ff if self.d_ff is not None else self.mlp_ratio * self.d_model
+
+    @property
+    def rope_options(self) -> dict:
+        """The chosen scaling's own parameters, as ``positions.scaled_rope`` takes them."""
+        if self.rope_scaling == "llama3":
+            return {"low_freq_factor": self.rope_low_freq_factor, "high_freq_factor": self.rope_high_freq_factor}
+        if self.rope_scaling == "yarn":
+            return {"beta_fast": self.rope_beta_fast, "beta_slow": self.rope_beta_slow}
+        return {}
+
+    @classmethod
+    def from_hf(cls, source: "str | Path | dict", **changes) -> "ModelConfig":
+        """The config of a Hugging Face ``config.json``: a path, a dict, or a name in ``hf_config.SHIPPED_MODELS``
+        (``"llama-3-8b"``); ``changes`` are applied on top (``max_seq_len=4096``)."""
+        return cls(**{**hf_config_fields(read_hf_config(source)), **changes})
 
     def recomputes(self, layer: int) -> bool:
         """The checkpoint policy: every k-th block (k = checkpoint_every) is recomputed in backward."""
@@ -140,8 +195,10 @@ def with_positions(cfg: ModelConfig, seq_len: int, scaling: str = "none", scale:
                    original_len: int) -> ModelConfig:
     """The config that reads ``seq_len`` tokens of a model trained at ``original_len``; a static scaling
     defaults to s = max(1, seq_len / original_len)."""
-    if scaling == "none" or cfg.position_encoding == "alibi":
-        return cfg.replace(max_seq_len=seq_len)
+    if scaling == "none" or cfg.position_encoding == "alibi" or (scale is None and seq_len <= original_len):
+        return cfg.replace(max_seq_len=seq_len)  # every scaling at s = 1 is the trained RoPE
+    if scaling == "dynamic_ntk" and scale is None:
+        scale = 1.0  # transformers' factor; 1 gives NTK at s = T / L for every length T read
     s = float(max(1.0, seq_len / original_len) if scale is None else scale)
     if scaling in STATIC_SCALINGS and seq_len > s * original_len:
         s = seq_len / original_len  # past the fine-tuned range: stretch further, zero-shot
@@ -151,3 +208,4 @@ def with_positions(cfg: ModelConfig, seq_len: int, scaling: str = "none", scale:
 def reference_config(**changes) -> ModelConfig:
     """The book's reference model: 4 layers, width 256, 4 heads; a training step takes seconds on a CPU."""
     return ModelConfig(**changes)
+

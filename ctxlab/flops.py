@@ -17,9 +17,10 @@ from .config import ModelConfig, positive_int
 
 
 def block_matmul_params(cfg: ModelConfig) -> int:
-    """Matrix-multiply parameters of one block: q and output projections, k/v projections, the MLP."""
+    """Matrix-multiply parameters of one block: q and output projections, k/v projections, the MLP
+    (two matrices, or three for SwiGLU's gate, up and down)."""
     d, kv = cfg.d_model, cfg.n_kv_heads * cfg.head_dim
-    return d * d + d * 2 * kv + d * d + 2 * cfg.mlp_ratio * d * d
+    return d * d + d * 2 * kv + d * d + (3 if cfg.mlp == "swiglu" else 2) * d * cfg.ffn_dim
 
 
 def matmul_params(cfg: ModelConfig) -> int:
@@ -47,7 +48,7 @@ def recompute_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     the backward needs, and that output is none of them. The head and the loss are not recomputed."""
     _check_positive_ints(seq_len=seq_len)
     layers = sum(cfg.recomputes(i) for i in range(cfg.n_layers))
-    down_projection = cfg.mlp_ratio * cfg.d_model * cfg.d_model
+    down_projection = cfg.ffn_dim * cfg.d_model
     return layers * (2.0 * (block_matmul_params(cfg) - down_projection) + 4.0 * cfg.d_model * seq_len)
 
 

@@ -85,7 +85,7 @@ def model_125m(**changes):
     """The planner's 125M preset (GPT-3 Small's shape: 12 layers, width 768, 12 heads), 1024 positions."""
     from .planner import PRESETS
 
-    return PRESETS["125M"].replace(**{"max_seq_len": 1024, **changes})
+    return PRESETS["gpt-110m"].replace(**{"max_seq_len": 1024, **changes})
 
 
 def serving_latency(device: str, dtype: torch.dtype, lengths: list[int], decode_tokens: int) -> list[dict]:

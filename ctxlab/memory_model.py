@@ -44,11 +44,14 @@ def apply_techniques(cfg: ModelConfig, techniques: Sequence[str]) -> ModelConfig
 
 def count_params(cfg: ModelConfig) -> int:
     """Distinct parameters of ``GPT(cfg)``, by formula (a tied head and shared blocks count once): each
-    block's matrices (``flops.block_matmul_params``) and its two LayerNorms, the embedding, the head."""
+    block's matrices (``flops.block_matmul_params``), q/k/v biases and two norms, the embedding, the head.
+    For the shipped Llama-family configs this is the published count (tested)."""
     d = cfg.d_model
-    block = block_matmul_params(cfg) + 4 * d  # two LayerNorms of weight and bias
+    norm = d if cfg.norm == "rmsnorm" else 2 * d  # RMSNorm has a scale only; LayerNorm a scale and a bias
+    bias = d + 2 * cfg.n_kv_heads * cfg.head_dim if cfg.qkv_bias else 0
+    block = block_matmul_params(cfg) + bias + 2 * norm
     blocks = 1 if cfg.share_layers else cfg.n_layers
-    return cfg.vocab_size * d * (1 if cfg.tie_weights else 2) + blocks * block + 2 * d
+    return cfg.vocab_size * d * (1 if cfg.tie_weights else 2) + blocks * block + norm
 
 
 def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_per_element: int = 4) -> dict:
@@ -56,12 +59,14 @@ def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_pe
     positive_int("seq_len", seq_len), positive_int("batch", batch)
     e, t, n = bytes_per_element, seq_len, seq_len * batch
     d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
-    kv, ff, v = cfg.n_kv_heads * hd, cfg.mlp_ratio * d, cfg.vocab_size
+    kv, ff, v = cfg.n_kv_heads * hd, cfg.ffn_dim, cfg.vocab_size
     params = count_params(cfg) * e
     # saved by one block for backward: x, norm1(x), rotated q, the k/v projection, rotated k, the
-    # attention output, its (B, T, d) copy, x + attn, norm2(x), and the MLP hidden before and after GELU
+    # attention output, its (B, T, d) copy, x + attn, norm2(x), and the MLP's hidden tensors: before and
+    # after GELU, or SwiGLU's gate, silu(gate), up and their product
+    hidden = (4 if cfg.mlp == "swiglu" else 2) * ff
     mlp_rows = min(n, cfg.mlp_chunk) if cfg.mlp_chunk else n
-    linear = n * (7 * d + 3 * kv) + (0 if cfg.mlp_chunk else 2 * ff * n)
+    linear = n * (7 * d + 3 * kv) + (0 if cfg.mlp_chunk else hidden * n)
     if cfg.attention == "naive":  # probabilities (B, H, T, T) and the bool mask; no fused output
         attn_saved = h * t * t * batch * e + t * t
         attn_temp = 2 * h * t * t * batch * e  # gradients of probabilities and scores in backward
@@ -72,14 +77,20 @@ def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_pe
             linear += n * (2 * d - 3 * kv)
         if cfg.attention == "chunked":  # a few (chunk x chunk) blocks of scores per head at a time
             attn_temp = 5 * h * min(cfg.attn_chunk, t) ** 2 * batch * e
-    full_layer = linear * e + attn_saved
+    # dropout after attention and after the MLP keeps its scaled mask: on CPU in the activations' dtype
+    # (measured; CUDA's fused kernel keeps one byte per element, so this is an upper bound there)
+    # RMSNorm runs as several ops in fp32 (no fused kernel everywhere): each of the two keeps its normalised
+    # input in fp32, and below fp32 its fp32 copy of the input too (measured: 4 and about 8 bytes an element)
+    norm_bytes = 2 * n * d * (4 if e >= 4 else 8) if cfg.norm == "rmsnorm" else 0
+    full_layer = linear * e + attn_saved + norm_bytes + (2 * n * d * e if cfg.dropout > 0 else 0)
     saved = [n * d * e if cfg.recomputes(i) else full_layer
              for i in range(cfg.n_layers)]
     # backward of block i: blocks below still hold what they saved; block i holds its activations (rebuilt
     # if recomputed) plus, first, the MLP's gradient (its hidden already freed by then if chunked) and,
     # later, with the MLP's activations freed, attention's gradient temporaries
-    mlp_moment = full_layer + ff * mlp_rows * e + (2 * ff * mlp_rows * e if cfg.mlp_chunk else 0) + 2 * n * d * e
-    attn_moment = full_layer - (0 if cfg.mlp_chunk else 2 * ff * n * e) + attn_temp + 2 * n * d * e
+    hidden_grad = (hidden // 2) * mlp_rows * e  # the gradient of the hidden layer (both halves for SwiGLU)
+    mlp_moment = full_layer + hidden_grad + (hidden * mlp_rows * e if cfg.mlp_chunk else 0) + 2 * n * d * e
+    attn_moment = full_layer - (0 if cfg.mlp_chunk else hidden * n * e) + attn_temp + 2 * n * d * e
     # gradients appear as backward goes down: the head/embedding's first, then one block's at a time
     block_grad = (count_params(cfg) - cfg.vocab_size * d * (1 if cfg.tie_weights else 2) - 2 * d) * e
     block_grad //= 1 if cfg.share_layers else cfg.n_layers
@@ -91,7 +102,10 @@ def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_pe
 
     block_phase = max(sum(saved[:i]) + grads_during(i) for i in range(cfg.n_layers)) + max(mlp_moment, attn_moment)
     rows = min(n, cfg.loss_chunk) if cfg.loss_chunk else n
-    head_phase = sum(saved) + 2 * n * d * e + 3 * rows * v * e  # final norm in/out; logits, log-softmax, grad
+    # final norm in/out; then the logits, with the loss in fp32 whatever the model's precision: at the
+    # peak 12 bytes per logit (fp32: logits, log-probabilities, their gradient; bf16: the logits and their
+    # gradient in bf16, an fp32 copy and the fp32 log-probabilities), measured in both (tests)
+    head_phase = sum(saved) + 2 * n * d * e + 12 * rows * v
     step_phase = params  # all gradients, at the optimiser step
     activations = max(max(block_phase, head_phase, step_phase) - params, 0)
     # "saved_activations" (what the step keeps between forward and backward) is part of "activations",
@@ -100,11 +114,17 @@ def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_pe
             "total": 4 * params + activations, "saved_activations": sum(saved)}
 
 
-def _training_step(cfg: ModelConfig, seq_len: int, batch: int, device: str) -> tuple[int, int]:
+def _training_step(cfg: ModelConfig, seq_len: int, batch: int, device: str,
+                   dtype: torch.dtype = torch.float32) -> tuple[int, int]:
     """(bytes alive before the step: parameters + AdamW states, peak bytes added during the step)."""
     torch.manual_seed(0)
-    with torch.device(device):
-        model = GPT(cfg.replace(max_seq_len=max(cfg.max_seq_len, seq_len)))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in dtype: converting afterwards cannot swap fake tensors
+    try:
+        with torch.device(device):
+            model = GPT(cfg.replace(max_seq_len=max(cfg.max_seq_len, seq_len)))
+    finally:
+        torch.set_default_dtype(default)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
 
     def step(t: int) -> None:
@@ -120,10 +140,11 @@ def _training_step(cfg: ModelConfig, seq_len: int, batch: int, device: str) -> t
 
 
 def measure_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, device: str = "cpu",
-                        fake: bool = True) -> dict:
+                        fake: bool = True, dtype: torch.dtype = torch.float32) -> dict:
     """Measured bytes of one AdamW training step: states alive before it and the peak it adds.
 
-    ``fake=True`` (CPU only) traces the step under ``FakeTensorMode``: same bytes, no compute.
+    ``fake=True`` (CPU only) traces the step under ``FakeTensorMode``: same bytes, no compute, so an 8B
+    model's step is traced on a laptop. ``dtype`` is the weights' and activations' (and AdamW's) type.
     """
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
@@ -131,9 +152,9 @@ def measure_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, device: 
     if fake and torch.device(device).type == "cpu":
         from torch._subclasses.fake_tensor import FakeTensorMode
         with FakeTensorMode():
-            before, peak = _training_step(cfg, seq_len, batch, device)
+            before, peak = _training_step(cfg, seq_len, batch, device, dtype)
     else:
-        before, peak = _training_step(cfg, seq_len, batch, device)
+        before, peak = _training_step(cfg, seq_len, batch, device, dtype)
     return {"states": before, "step_peak": peak, "total": before + peak}
 
 

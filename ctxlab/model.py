@@ -1,8 +1,10 @@
-"""A small causal GPT in the style of nanoGPT: pre-norm blocks, RoPE, grouped-query attention.
+"""A causal transformer in the style of nanoGPT: pre-norm blocks, RoPE, grouped-query attention.
 
 Read top to bottom: ``CausalSelfAttention``, ``MLP``, ``Block``, ``GPT``. The attention backend,
-the number of k/v heads, weight tying and the memory options (activation checkpointing, cross-layer
-sharing, chunked MLP and chunked loss) come from ``ModelConfig``, read once when the model is built.
+the number of k/v heads, the norm (LayerNorm or RMSNorm), the MLP (GELU or Llama's SwiGLU), weight
+tying and the memory options (activation checkpointing, cross-layer sharing, chunked MLP and
+chunked loss) come from ``ModelConfig``, read once when the model is built; ``ModelConfig.from_hf``
+gives the config of a Llama, Mistral or Qwen2 checkpoint (``hf_weights`` loads its weights).
 Every layer gets the tokens' ``Positions`` (RoPE tables or ALiBi bias, and the mask) as one object,
 and, when decoding, its own view of the KV cache.
 """
@@ -27,8 +29,8 @@ class CausalSelfAttention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         # chosen once; context parallelism swaps it for ring attention, and puts it back (parallel/context.py)
         self.attend = attention_function(cfg.attention, cfg.attn_chunk)
-        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.kv_proj = nn.Linear(cfg.d_model, 2 * cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.qkv_bias)
+        self.kv_proj = nn.Linear(cfg.d_model, 2 * cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)  # k rows, then v
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -45,36 +47,53 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """GPT-2's down(gelu(up x)), or with ``mlp="swiglu"`` Llama's down(silu(gate x) * up x)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.chunk = cfg.mlp_chunk
-        self.up = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
-        self.down = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
+        self.up = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)
+        self.gate = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False) if cfg.mlp == "swiglu" else None
+        self.down = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def _mlp(self, x: Tensor) -> Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))
+        hidden = F.gelu(self.up(x)) if self.gate is None else F.silu(self.gate(x)) * self.up(x)
+        return self.dropout(self.down(hidden))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.chunk <= 0 or x.shape[1] <= self.chunk:
             return self._mlp(x)
-        # The 4x-wide hidden layer of one chunk at a time; in training each chunk is recomputed in backward.
+        # The wide hidden layer of one chunk at a time; in training each chunk is recomputed in backward.
         recompute = torch.is_grad_enabled()
         return torch.cat([checkpoint(self._mlp, part, use_reentrant=False) if recompute else self._mlp(part)
                           for part in x.split(self.chunk, dim=1)], dim=1)
 
 
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    """LayerNorm (GPT-2) or RMSNorm (Llama: scale only, no mean subtracted, no bias)."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.norm1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.norm2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
     def forward(self, x: Tensor, pos: Positions, cache: LayerView | None = None) -> Tensor:
         x = x + self.attn(self.norm1(x), pos, cache)
         return x + self.mlp(self.norm2(x))
+
+
+def rotary_embedding(cfg: ModelConfig) -> RotaryEmbedding:
+    """RoPE's frequencies as the config scales them (a buffer: computed, never stored in a checkpoint)."""
+    return RotaryEmbedding(cfg.head_dim, cfg.rope_base, scaling=cfg.rope_scaling, scale=cfg.rope_scale,
+                           original_len=cfg.rope_original_len, options=cfg.rope_options)
 
 
 class GPT(nn.Module):
@@ -84,13 +103,12 @@ class GPT(nn.Module):
             raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_base, scaling=cfg.rope_scaling, scale=cfg.rope_scale,
-                                    original_len=cfg.rope_original_len)
+        self.rope = rotary_embedding(cfg)
         if cfg.position_encoding == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_heads), persistent=False)
         # Cross-layer sharing keeps one block and runs it n_layers times: fewer parameters, same activations.
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(1 if cfg.share_layers else cfg.n_layers))
-        self.norm = nn.LayerNorm(cfg.d_model)
+        self.norm = make_norm(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.head.weight = self.embed.weight  # one tensor, two uses: tying, not summing
@@ -103,6 +121,8 @@ class GPT(nn.Module):
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def num_params(self) -> int:
         """Distinct parameters (a tied matrix counts once)."""

@@ -25,9 +25,12 @@ file only adapts it to settings that model does not have, and each adaptation is
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass, field
 
 from .config import ModelConfig, positive_int, reference_config
+from .hf_config import SHIPPED_MODELS
 from .flops import matmul_params, training_flops_per_token
 from .kvcache import kv_cache_bytes_per_token
 from .memory_model import apply_techniques, count_params, predict_step_memory
@@ -35,13 +38,15 @@ from .search import largest_fitting
 
 GIB = 2**30
 
-# model shapes: the book's reference model and three standard ones with a 32000-token vocabulary
+# the book's reference model, two GPT-style shapes named by their parameter counts (with a 32000-token
+# vocabulary and a tied head), and the published Llama-family models (ctxlab/hf_configs/)
 PRESETS: dict[str, ModelConfig] = {
     "reference": reference_config(),
-    "125M": ModelConfig(vocab_size=32000, d_model=768, n_layers=12, n_heads=12),  # GPT-3 Small's shape
-    "1.3B": ModelConfig(vocab_size=32000, d_model=2048, n_layers=24, n_heads=16),  # GPT-3 XL's shape
-    "7B": ModelConfig(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, tie_weights=False),  # LLaMA-7B's
+    "gpt-110m": ModelConfig(vocab_size=32000, d_model=768, n_layers=12, n_heads=12),  # GPT-3 Small's shape
+    "gpt-1.3b": ModelConfig(vocab_size=32000, d_model=2048, n_layers=24, n_heads=16),  # GPT-3 XL's shape
+    **{name: ModelConfig.from_hf(name) for name in SHIPPED_MODELS},
 }
+TECHNIQUE_FLAGS = {"flash": "efficient_attention", "checkpoint": "checkpointing", "chunked-loss": "chunked_loss"}
 
 # bytes per parameter of each model state, and per activation element
 PRECISIONS: dict[str, dict[str, int]] = {
@@ -50,9 +55,16 @@ PRECISIONS: dict[str, dict[str, int]] = {
 }
 
 
-def custom_model(layers: int, width: int, heads: int, kv_heads: int | None = None, vocab: int = 32000) -> ModelConfig:
-    """A model shape of your own (ModelConfig checks it: width divisible by heads, kv_heads divides heads)."""
-    return ModelConfig(vocab_size=vocab, d_model=width, n_layers=layers, n_heads=heads, n_kv_heads=kv_heads)
+def custom_model(layers: int, width: int, heads: int, kv_heads: int | None = None, vocab: int = 32000,
+                 d_ff: int | None = None, llama: bool = False) -> ModelConfig:
+    """A model shape of your own (ModelConfig checks it: width divisible by heads, kv_heads divides heads).
+    ``llama=True``: RMSNorm, SwiGLU (``d_ff`` wide, default 8/3 of the width rounded up to 256) and an
+    untied head; otherwise GPT-2's LayerNorm, 4x GELU MLP and tied head."""
+    if llama:
+        d_ff = d_ff if d_ff is not None else -(-(8 * width // 3) // 256) * 256
+        return ModelConfig(vocab_size=vocab, d_model=width, n_layers=layers, n_heads=heads, n_kv_heads=kv_heads,
+                           d_ff=d_ff, mlp="swiglu", norm="rmsnorm", tie_weights=False)
+    return ModelConfig(vocab_size=vocab, d_model=width, n_layers=layers, n_heads=heads, n_kv_heads=kv_heads, d_ff=d_ff)
 
 
 @dataclass
@@ -78,15 +90,17 @@ class ContextPlan:
 
 
 def resolve_model(model: str | ModelConfig) -> ModelConfig:
-    """A preset name or a ModelConfig."""
+    """A ModelConfig, a preset name, or the path of a Hugging Face config.json."""
     if isinstance(model, ModelConfig):
         return model
-    if not isinstance(model, str) or model not in PRESETS:
-        raise ValueError(f"model must be a ModelConfig or one of {tuple(PRESETS)}, got {model!r}")
-    return PRESETS[model]
+    if isinstance(model, str) and model.lower() in PRESETS:
+        return PRESETS[model.lower()]
+    if isinstance(model, str) and model.endswith(".json"):
+        return ModelConfig.from_hf(model)
+    raise ValueError(f"model must be a ModelConfig, a config.json path or one of {tuple(PRESETS)}, got {model!r}")
 
 
-def plan_context(model: str | ModelConfig = "125M", memory_gib: float = 80, precision: str = "bf16", *,
+def plan_context(model: str | ModelConfig = "gpt-110m", memory_gib: float = 80, precision: str = "bf16", *,
                  checkpointing: bool = False, efficient_attention: bool = False, chunked_loss: bool = False,
                  kv_heads: int | None = None, context_ranks: int = 1, pipeline_stages: int = 1,
                  granularity: int = 64) -> ContextPlan:
@@ -171,10 +185,12 @@ def decode_bytes_per_token(cfg: ModelConfig, seq_len: int, bytes_per_element: in
 
 # the techniques of chapters 2, 5 and 4, added one at a time, as plan_context keywords
 def technique_ladder(cfg: ModelConfig, context_ranks: int = 8, pipeline_stages: int = 4) -> list[tuple[str, dict]]:
-    """Cumulative settings: none, + checkpointing, + efficient attention, + chunked loss, + GQA, + CP, + pipeline."""
+    """Cumulative settings: none, + checkpointing, + efficient attention, + chunked loss, + GQA, + CP, + pipeline.
+    GQA keeps a quarter of the heads as k/v heads, or the model's own fewer."""
+    kv = min(cfg.n_kv_heads, max(1, cfg.n_heads // 4))
     steps = [("none", {}), ("+ checkpointing", dict(checkpointing=True)),
              ("+ efficient attention", dict(efficient_attention=True)), ("+ chunked loss", dict(chunked_loss=True)),
-             (f"+ GQA ({max(1, cfg.n_heads // 4)} kv heads)", dict(kv_heads=max(1, cfg.n_heads // 4))),
+             (f"+ GQA ({kv} kv heads)", dict(kv_heads=kv)),
              (f"+ context parallel P={context_ranks}", dict(context_ranks=context_ranks)),
              (f"+ pipeline p={pipeline_stages}", dict(pipeline_stages=pipeline_stages))]
     ladder, settings = [], {}
@@ -197,3 +213,33 @@ def breakdown_html(plan: ContextPlan) -> str:
             f"({plan.kv_bytes_per_token / 2**10:,.1f} KiB per token)"
             f"<table><tr><th>training, heaviest GPU</th><th>GiB</th></tr>{rows(plan.train_breakdown)}"
             f"<tr><th>inference</th><th>GiB</th></tr>{rows(plan.inference_breakdown)}</table></div>")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ctxlab.planner --model llama-3-8b --gpu-gib 80 --techniques flash,checkpoint,chunked-loss``"""
+    parser = argparse.ArgumentParser(prog="python -m ctxlab.planner", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="llama-3-8b", help=f"one of {', '.join(PRESETS)}, or a config.json path")
+    parser.add_argument("--gpu-gib", type=float, default=80.0, help="memory per GPU, GiB")
+    parser.add_argument("--precision", default="bf16", choices=tuple(PRECISIONS))
+    parser.add_argument("--techniques", default="", help=f"comma-separated, from {', '.join(TECHNIQUE_FLAGS)}")
+    parser.add_argument("--context-ranks", type=int, default=1, help="context-parallel ranks P")
+    parser.add_argument("--pipeline", type=int, default=1, help="pipeline stages p")
+    args = parser.parse_args(argv)
+    chosen = [t for t in args.techniques.split(",") if t]
+    unknown = sorted(set(chosen) - set(TECHNIQUE_FLAGS))
+    if unknown:
+        parser.error(f"--techniques must be among {', '.join(TECHNIQUE_FLAGS)}, got {', '.join(unknown)}")
+    try:
+        plan = plan_context(args.model, args.gpu_gib, args.precision, context_ranks=args.context_ranks,
+                            pipeline_stages=args.pipeline, **{TECHNIQUE_FLAGS[t]: True for t in chosen})
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    print(plan.summary())
+    for title, parts in (("training, heaviest GPU", plan.train_breakdown), ("inference", plan.inference_breakdown)):
+        print(f"{title}:")
+        print("\n".join(f"  {part:>15}: {value / GIB:9.2f} GiB" for part, value in parts.items()))
+    print(f"params={plan.params} max_train_context={plan.train_context} kv_bytes_per_token={plan.kv_bytes_per_token}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

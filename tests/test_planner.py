@@ -27,9 +27,10 @@ def test_fp32_plan_is_the_memory_models_largest_context(efficient):
 
 
 def test_bf16_states_are_16_bytes_per_parameter_and_activations_half():
-    fp32 = plan_context("125M", 40, "fp32", efficient_attention=True, checkpointing=True)
-    bf16 = plan_context("125M", 40, "bf16", efficient_attention=True, checkpointing=True)
-    n = count_params(PRESETS["125M"])
+    # chunked loss: the logits cost 12 bytes each in both precisions (the loss runs in fp32)
+    fp32 = plan_context("gpt-110m", 40, "fp32", efficient_attention=True, checkpointing=True, chunked_loss=True)
+    bf16 = plan_context("gpt-110m", 40, "bf16", efficient_attention=True, checkpointing=True, chunked_loss=True)
+    n = count_params(PRESETS["gpt-110m"])
     for plan in (fp32, bf16):
         parts = plan.train_breakdown
         assert parts["weights"] + parts["master weights"] + parts["gradients"] + parts["optimizer"] == 16 * n
@@ -39,12 +40,12 @@ def test_bf16_states_are_16_bytes_per_parameter_and_activations_half():
 
 
 def test_kv_budget_is_memory_left_by_the_weights_over_bytes_per_token():
-    plan = plan_context("7B", 80, "bf16")
-    cfg = PRESETS["7B"]
+    plan = plan_context("llama-2-7b", 80, "bf16")
+    cfg = PRESETS["llama-2-7b"]
     per_token = kv_cache_bytes_per_token(cfg, 2)
     assert plan.kv_bytes_per_token == per_token == 2 * 32 * 32 * 128 * 2
     assert plan.kv_tokens == (80 * GIB - 2 * count_params(cfg)) // per_token
-    gqa = plan_context("7B", 80, "bf16", kv_heads=8)
+    gqa = plan_context("llama-2-7b", 80, "bf16", kv_heads=8)
     assert gqa.kv_bytes_per_token * 4 == per_token and gqa.kv_tokens > 4 * plan.kv_tokens
 
 
@@ -65,7 +66,7 @@ def test_each_technique_only_ever_raises_the_context(model, precision):
     base = dict(checkpointing=False, efficient_attention=False, chunked_loss=False, kv_heads=None,
                 context_ranks=1, pipeline_stages=1)
     switch_on = dict(checkpointing=True, efficient_attention=True, chunked_loss=True,
-                     kv_heads=max(1, cfg.n_heads // 4), context_ranks=4, pipeline_stages=2)
+                     kv_heads=min(cfg.n_kv_heads, max(1, cfg.n_heads // 4)), context_ranks=4, pipeline_stages=2)
     # every technique added alone to: nothing, and everything else
     for name, value in switch_on.items():
         for others in (base, {**switch_on, name: base[name]}):
@@ -76,10 +77,10 @@ def test_each_technique_only_ever_raises_the_context(model, precision):
 
 
 def test_ladder_reaches_long_contexts_where_naive_fits_little():
-    plans = [plan_context("125M", 80, "bf16", **s).train_context for _, s in technique_ladder(PRESETS["125M"])]
+    plans = [plan_context("gpt-110m", 80, "bf16", **s).train_context for _, s in technique_ladder(PRESETS["gpt-110m"])]
     assert plans == sorted(plans) and plans[-1] > 100 * plans[0]
-    assert plan_context("7B", 80, "bf16").train_context == 0  # 16 bytes x 6.7B parameters > 80 GiB
-    assert plan_context("7B", 80, "bf16", pipeline_stages=4, efficient_attention=True).train_context > 0
+    assert plan_context("llama-2-7b", 80, "bf16").train_context == 0  # 16 bytes x 6.7B parameters > 80 GiB
+    assert plan_context("llama-2-7b", 80, "bf16", pipeline_stages=4, efficient_attention=True).train_context > 0
 
 
 def test_custom_shape_and_context_parallel_granularity():
@@ -102,12 +103,12 @@ def test_custom_shape_and_context_parallel_granularity():
 ])
 def test_bad_inputs_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        plan_context(**{"model": "125M", **kwargs})
+        plan_context(**{"model": "gpt-110m", **kwargs})
 
 
 def test_flags_must_be_bools():
     with pytest.raises(TypeError, match="checkpointing must be a bool"):
-        plan_context("125M", checkpointing="yes")
+        plan_context("gpt-110m", checkpointing="yes")
     with pytest.raises(ValueError, match="n_kv_heads"):
         custom_model(layers=4, width=256, heads=4, kv_heads=3)
 
@@ -134,7 +135,7 @@ def test_prefill_and_decode_costs_grow_with_the_context():
     from ctxlab.flops import matmul_params
     from ctxlab.planner import decode_bytes_per_token, prefill_flops
 
-    cfg = PRESETS["7B"]
+    cfg = PRESETS["llama-2-7b"]
     n = matmul_params(cfg)
     assert prefill_flops(cfg, 1000) == pytest.approx(1000 * (2 * n + 2 * 32 * 4096 * 1000))
     assert prefill_flops(cfg, 128_000) > 32 * prefill_flops(cfg, 4000)  # superlinear
@@ -150,3 +151,40 @@ def test_html_views_share_one_layout_and_style():
     views = html_views(["<b>a</b>", "<b>b</b>"])
     assert [v.value for v in views] == ["<b>a</b>", "<b>b</b>"]
     assert views[0].layout is views[1].layout and views[0].style is views[1].style
+
+
+def test_shipped_models_and_a_config_json_are_plannable(tmp_path):
+    import json
+
+    from ctxlab.hf_config import read_hf_config
+
+    alone = plan_context("llama-3-8b", 80, "bf16", efficient_attention=True, checkpointing=True, chunked_loss=True)
+    assert alone.params == 8_030_261_248 and alone.train_context == 0  # 16 bytes x 8.0B parameters > 80 GiB
+    plan = plan_context("llama-3-8b", 80, "bf16", efficient_attention=True, checkpointing=True, chunked_loss=True,
+                        pipeline_stages=4)
+    assert plan.train_context > 0
+    assert plan.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2  # k and v, 32 layers, 8 kv heads of 128, bf16
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(read_hf_config("llama-3-8b")))
+    assert plan_context(str(path), 80, "bf16", efficient_attention=True, checkpointing=True,
+                        chunked_loss=True, pipeline_stages=4).train_context == plan.train_context
+    llama = custom_model(32, 4096, 32, 8, vocab=128256, d_ff=14336, llama=True)
+    assert count_params(llama) == plan.params
+
+
+def test_planner_command_prints_its_figures_last():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "ctxlab.planner", "--model", "llama-3-8b", "--gpu-gib", "80",
+                          "--precision", "bf16", "--techniques", "flash,checkpoint,chunked-loss", "--pipeline", "4"],
+                         capture_output=True, text=True, check=True)
+    last = dict(kv.split("=") for kv in run.stdout.strip().splitlines()[-1].split())
+    assert int(last["params"]) == 8_030_261_248 and int(last["max_train_context"]) > 0
+    assert int(last["kv_bytes_per_token"]) == 131072
+    bad = subprocess.run([sys.executable, "-m", "ctxlab.planner", "--model", "llama-9"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "llama-3-8b" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "ctxlab.planner", "--techniques", "flash,magic"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "magic" in bad.stderr

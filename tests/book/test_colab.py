@@ -60,6 +60,15 @@ def test_config_repository_is_a_github_repository():
         f"repository.url must be https://github.com/OWNER/NAME for the Colab button, got {url}"
 
 
+def test_data_fetch_uses_the_repository_of_config():
+    """Chapters 6 and 8 on Colab fetch their stored data from the same repository and branch."""
+    from ctxlab.book_files import REPOSITORY_RAW
+
+    url, branch = repository()
+    owner_name = urllib.parse.urlsplit(url).path.strip("/")
+    assert REPOSITORY_RAW == f"https://raw.githubusercontent.com/{owner_name}/{branch}/book"
+
+
 # -- the fresh reader -------------------------------------------------------------------------------
 
 def checkout_copy(dest: Path) -> Path:
