@@ -108,8 +108,10 @@ def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_pe
     head_phase = sum(saved) + 2 * n * d * e + 12 * rows * v
     step_phase = params  # all gradients, at the optimiser step
     activations = max(max(block_phase, head_phase, step_phase) - params, 0)
-    # "saved_activations" (what the step keeps between forward and backward) is part of "activations",
-    # not added to "total": a pipeline stage keeps it for every micro-batch in flight (ctxlab.planner)
+    # "activations" is the peak beyond the four state copies (weights, every gradient, two moments): the
+    # activations and temporaries alive at the peak, less the gradients backward has not yet made by then,
+    # so that the four parts stack to the peak. "saved_activations" (what forward keeps for backward) is
+    # part of it, not added to "total": a pipeline stage keeps it for every micro-batch in flight
     return {"parameters": params, "gradients": params, "optimizer": 2 * params, "activations": activations,
             "total": 4 * params + activations, "saved_activations": sum(saved)}
 
