@@ -166,9 +166,10 @@ def _block_scores(q_blk: Tensor, k_blk: Tensor, scale: float, i0: int, j0: int, 
     return s
 
 
-def _key_blocks(i0: int, tq: int, t_k: int, k_chunk: int, offset: int, causal: bool) -> range:
-    """Key block starts that a query block can see: with a causal mask, blocks wholly in the future are skipped."""
-    last = min(t_k, i0 + tq + offset) if causal else t_k
+def _key_blocks(i0: int, tq: int, t_k: int, k_chunk: int, offset: int, causal: bool, skip: bool = True) -> range:
+    """Key block starts that a query block visits: with a causal mask, blocks wholly in the future are skipped
+    (as FlashAttention-2 does) unless ``skip`` is False, which computes them and masks every score."""
+    last = min(t_k, i0 + tq + offset) if causal and skip else t_k
     return range(0, max(last, 0), k_chunk)
 
 
@@ -188,7 +189,7 @@ class ChunkedAttentionFunction(torch.autograd.Function):
     ever holds more than one (q_chunk x k_chunk) block of scores per head."""
 
     @staticmethod
-    def forward(ctx, q, k, v, causal, mask, q_chunk, k_chunk):
+    def forward(ctx, q, k, v, causal, mask, q_chunk, k_chunk, skip):
         b, h, t_q, d = q.shape
         h_kv, t_k = k.shape[1], k.shape[2]
         qg = q.reshape(b, h_kv, h // h_kv, t_q, d)
@@ -202,7 +203,7 @@ class ChunkedAttentionFunction(torch.autograd.Function):
             row_max = torch.full(q_blk.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
             row_sum = torch.zeros_like(row_max)
             acc = torch.zeros_like(q_blk)
-            for j0 in _key_blocks(i0, tq, t_k, k_chunk, offset, causal):
+            for j0 in _key_blocks(i0, tq, t_k, k_chunk, offset, causal, skip):
                 s = _block_scores(q_blk, k[:, :, j0:j0 + k_chunk], scale, i0, j0, offset, causal, gmask)
                 new_max = torch.maximum(row_max, s.amax(-1))
                 safe_max = new_max.masked_fill(torch.isinf(new_max), 0.0)  # rows with nothing visible yet
@@ -215,7 +216,7 @@ class ChunkedAttentionFunction(torch.autograd.Function):
             out[..., i0:i0 + tq, :] = acc / torch.where(seen, row_sum, torch.ones_like(row_sum)).unsqueeze(-1)
             lse[..., i0:i0 + tq] = torch.where(seen, row_max + torch.log(row_sum), lse[..., i0:i0 + tq])
         ctx.save_for_backward(q, k, v, out, lse, mask)
-        ctx.causal, ctx.q_chunk, ctx.k_chunk = causal, q_chunk, k_chunk
+        ctx.causal, ctx.q_chunk, ctx.k_chunk, ctx.skip = causal, q_chunk, k_chunk, skip
         return out.reshape(b, h, t_q, d), lse.reshape(b, h, t_q)
 
     @staticmethod
@@ -236,7 +237,7 @@ class ChunkedAttentionFunction(torch.autograd.Function):
             sl = slice(i0, i0 + ctx.q_chunk)
             q_blk, do_blk = qg[..., sl, :], d_out[..., sl, :]
             tq = q_blk.shape[-2]
-            for j0 in _key_blocks(i0, tq, t_k, ctx.k_chunk, offset, ctx.causal):
+            for j0 in _key_blocks(i0, tq, t_k, ctx.k_chunk, offset, ctx.causal, ctx.skip):
                 kl = slice(j0, j0 + ctx.k_chunk)
                 k_blk, v_blk = k[:, :, kl].unsqueeze(2), v[:, :, kl].unsqueeze(2)
                 s = _block_scores(q_blk, k[:, :, kl], scale, i0, j0, offset, ctx.causal, gmask)
@@ -245,25 +246,30 @@ class ChunkedAttentionFunction(torch.autograd.Function):
                 ds = p * (do_blk @ v_blk.transpose(-2, -1) - delta[..., sl].unsqueeze(-1))
                 dq[..., sl, :] += (ds @ k_blk) * scale
                 dk[:, :, kl] += (ds.transpose(-2, -1) @ q_blk).sum(2) * scale
-        return dq.reshape(q.shape), dk, dv, None, None, None, None
+        return dq.reshape(q.shape), dk, dv, None, None, None, None, None
 
 
 def chunked_attention_with_lse(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None,
-                               q_chunk: int = 256, k_chunk: int = 256) -> tuple[Tensor, Tensor]:
-    """Chunked attention returning (out, lse); lse (B, H, Tq) lets ``merge_partials`` combine key ranges."""
+                               q_chunk: int = 256, k_chunk: int = 256,
+                               skip_future: bool = True) -> tuple[Tensor, Tensor]:
+    """Chunked attention returning (out, lse); lse (B, H, Tq) lets ``merge_partials`` combine key ranges.
+    ``skip_future=False`` computes the key blocks a causal mask hides entirely (same result, more work)."""
     check_qkv(q, k, v, mask)
     positive_int("q_chunk", q_chunk), positive_int("k_chunk", k_chunk)
     if mask is not None:
         mask = mask.expand(*mask.shape[:2], q.shape[2], k.shape[2])
-    return ChunkedAttentionFunction.apply(q, k, v, causal, mask, q_chunk, k_chunk)
+    if not isinstance(skip_future, bool):
+        raise TypeError(f"skip_future must be a bool, got {skip_future!r}")
+    return ChunkedAttentionFunction.apply(q, k, v, causal, mask, q_chunk, k_chunk, skip_future)
 
 
 def chunked_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None,
-                      q_chunk: int = 256, k_chunk: int = 256, bias: Tensor | None = None) -> Tensor:
+                      q_chunk: int = 256, k_chunk: int = 256, bias: Tensor | None = None,
+                      skip_future: bool = True) -> Tensor:
     """Flash-style attention in pure PyTorch: equal to ``naive_attention``, memory O(T) forward and backward."""
     if bias is not None:
         raise ValueError("the chunked kernel takes no additive bias (ALiBi): use attention='naive' or 'sdpa'")
-    return chunked_attention_with_lse(q, k, v, causal, mask, q_chunk, k_chunk)[0]
+    return chunked_attention_with_lse(q, k, v, causal, mask, q_chunk, k_chunk, skip_future)[0]
 
 
 # Read-only: a backend is chosen when a model is built (``attention_function``), never swapped in here.

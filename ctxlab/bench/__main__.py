@@ -6,6 +6,7 @@ import sys
 
 SWEEPS = {
     "attention": "attention memory and latency vs T per backend",
+    "causal_skip": "chunked attention with and without skipping future key blocks: FLOPs and time",
     "clipping": "gradient clipping rules compared; a long-context run with and without clipping",
     "ring": "ring attention over P ranks: exactness, per-rank memory and work, bytes sent",
     "pipeline": "GPipe and 1F1B on p ranks: step time, bubble measured vs (p-1)/(m+p-1)",

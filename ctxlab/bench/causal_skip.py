@@ -1,0 +1,86 @@
+"""What skipping the future buys: chunked attention with and without its causal block skip.
+
+Under a causal mask a query block sees no key block that lies wholly after it, so a tiled kernel can
+skip those blocks (FlashAttention-2 does, Dao 2023). With n blocks a side it computes n(n + 1) / 2
+of the n^2 blocks: a FLOP ratio of (n + 1) / (2n), towards one half. The FLOPs are counted
+(``FlopCounterMode``, forward and backward); the times of forward + backward are taken in turns
+(skip, full, skip, full, ...) so that both see the same machine, and the ratio is reported per pair
+with its quartiles.
+
+``python -m ctxlab.bench causal_skip [--seq-len 2048] [--chunk 256] [--repeats 9]``; last line:
+``causal_skip_flops_ratio=... predicted=... time_ratio=... time_ratio_q1=... time_ratio_q3=...``
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from ..attention import chunked_attention
+from ..config import positive_int
+from ..flops import count_flops
+from ..measure import synchronize
+
+
+def predicted_ratio(seq_len: int, chunk: int) -> float:
+    """Blocks a causal tiled kernel computes over all blocks, with n = ceil(T / chunk) a side."""
+    n = -(-seq_len // chunk)
+    return (n + 1) / (2 * n)
+
+
+def skip_comparison(seq_len: int = 2048, chunk: int = 256, heads: int = 4, head_dim: int = 64, repeats: int = 9,
+                    device: str = "cpu") -> dict:
+    """FLOPs and forward + backward time of causal chunked attention, skipping the future or not."""
+    for name, value in (("seq_len", seq_len), ("chunk", chunk), ("heads", heads), ("head_dim", head_dim),
+                        ("repeats", repeats)):
+        positive_int(name, value)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, seq_len, head_dim, generator=gen).to(device).requires_grad_() for _ in range(3))
+
+    def step(skip: bool) -> torch.Tensor:
+        out = chunked_attention(q, k, v, q_chunk=chunk, k_chunk=chunk, skip_future=skip)
+        out.backward(torch.ones_like(out))
+        grads = [t.grad for t in (q, k, v)]
+        q.grad = k.grad = v.grad = None
+        return torch.cat([out.detach().flatten()] + [g.flatten() for g in grads])
+
+    same = float((step(True) - step(False)).abs().max())
+    flops = {skip: count_flops(lambda: step(skip)) for skip in (True, False)}
+    ratios = []
+    for _ in range(repeats):  # in turns, so that a busy moment of the machine hits both
+        ms = {}
+        for skip in (True, False):
+            synchronize(device)
+            t0 = time.perf_counter()
+            step(skip)
+            synchronize(device)
+            ms[skip] = time.perf_counter() - t0
+        ratios.append(ms[True] / ms[False])
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if repeats > 1 else (ratios[0],) * 3
+    return {"seq_len": seq_len, "chunk": chunk, "max_difference": same, "flops_skip": flops[True],
+            "flops_full": flops[False], "flops_ratio": flops[True] / flops[False],
+            "predicted_ratio": predicted_ratio(seq_len, chunk), "time_ratio": statistics.median(ratios),
+            "time_ratio_q1": q1, "time_ratio_q3": q3, "repeats": repeats}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ctxlab.bench causal_skip", description=__doc__.split("\n")[0])
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--chunk", type=int, default=256, help="query and key block size")
+    parser.add_argument("--repeats", type=int, default=9, help="timed pairs (skip, full)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    try:
+        r = skip_comparison(args.seq_len, args.chunk, repeats=args.repeats, device=args.device)
+    except ValueError as err:
+        parser.error(str(err))
+    print(f"causal chunked attention, T={r['seq_len']}, blocks of {r['chunk']}, forward + backward, {args.device}")
+    print(f"  outputs and gradients equal: largest difference {r['max_difference']:.1e}")
+    print(f"  FLOPs: skip {r['flops_skip']:,}  full {r['flops_full']:,}")
+    print(f"  time ratio skip / full over {r['repeats']} interleaved pairs: median {r['time_ratio']:.3f}, "
+          f"quartiles {r['time_ratio_q1']:.3f}-{r['time_ratio_q3']:.3f}")
+    print(f"causal_skip_flops_ratio={r['flops_ratio']:.4f} predicted={r['predicted_ratio']:.4f} "
+          f"time_ratio={r['time_ratio']:.3f} time_ratio_q1={r['time_ratio_q1']:.3f} "
+          f"time_ratio_q3={r['time_ratio_q3']:.3f}")
