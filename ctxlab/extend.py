@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .command import check_output, command_errors
 from .atomic import write_json
 from .book_files import CHECKOUT_BOOK
 from .config import ModelConfig, with_positions
@@ -90,29 +91,31 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-samples", type=int, default=200, help="passkey samples for the check after each run")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     args = p.parse_args(argv)
-    if args.steps is not None and args.steps < 1:
-        p.error(f"--steps must be >= 1, got {args.steps}")
-    if args.threads is not None:
-        if args.threads < 1:
-            p.error(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = "python -m ctxlab.extend " + " ".join(sys.argv[1:] if argv is None else argv)
-    t0 = time.perf_counter()
-    if args.stage in ("train", "all"):
-        for enc in ("rope", "alibi"):
-            _log(f"training the {enc} base model at {TRAIN_LEN} tokens ...")
-            train_base(args.out, args.steps or TRAIN_STEPS, args.seed, enc, args.device, args.eval_samples)
-    if args.stage in ("extend", "all"):
-        for scaling in FINETUNES:
-            _log(f"fine-tuning at {FACTOR * TRAIN_LEN} tokens with rope_scaling={scaling!r} ...")
-            extend_base(args.out, scaling, args.steps or EXTEND_STEPS, args.seed + 1, args.device, args.eval_samples)
-    runs = args.out / "runs.json"
-    log = json.loads(runs.read_text()) if runs.exists() else []
-    log.append({"command": command, "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1),
-                "torch": torch.__version__, "device": args.device})
-    write_json(runs, log, indent=2)
-    _log(f"done in {math.ceil(time.perf_counter() - t0)} s; command and seeds recorded in {runs}")
+    check_output(p, args.out, folder=True)
+    with command_errors(p):
+        if args.steps is not None and args.steps < 1:
+            p.error(f"--steps must be >= 1, got {args.steps}")
+        if args.threads is not None:
+            if args.threads < 1:
+                p.error(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        args.out.mkdir(parents=True, exist_ok=True)
+        command = "python -m ctxlab.extend " + " ".join(sys.argv[1:] if argv is None else argv)
+        t0 = time.perf_counter()
+        if args.stage in ("train", "all"):
+            for enc in ("rope", "alibi"):
+                _log(f"training the {enc} base model at {TRAIN_LEN} tokens ...")
+                train_base(args.out, args.steps or TRAIN_STEPS, args.seed, enc, args.device, args.eval_samples)
+        if args.stage in ("extend", "all"):
+            for scaling in FINETUNES:
+                _log(f"fine-tuning at {FACTOR * TRAIN_LEN} tokens with rope_scaling={scaling!r} ...")
+                extend_base(args.out, scaling, args.steps or EXTEND_STEPS, args.seed + 1, args.device, args.eval_samples)
+        runs = args.out / "runs.json"
+        log = json.loads(runs.read_text()) if runs.exists() else []
+        log.append({"command": command, "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1),
+                    "torch": torch.__version__, "device": args.device})
+        write_json(runs, log, indent=2)
+        _log(f"done in {math.ceil(time.perf_counter() - t0)} s; command and seeds recorded in {runs}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from .command import check_output, command_errors
 from .atomic import write_json
 from .measure import matmul_peak, median_ms, run_point
 from .search import search
@@ -168,11 +169,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, same code paths")
     parser.add_argument("--only", nargs="*", default=None, help="run only these sections")
     args = parser.parse_args(argv)
-    result = run(args.out, dry_run=args.dry_run, only=args.only)
-    print(f"{'section':<24} {'status':<8} seconds")
-    for name, sec in result["sections"].items():
-        print(f"{name:<24} {'ok' if sec['error'] is None else 'FAILED':<8} {sec['seconds']:.1f}")
-    print(f"wrote {args.out}")
+    check_output(parser, args.out)  # before an hour of measurements, not after
+    with command_errors(parser):
+        result = run(args.out, dry_run=args.dry_run, only=args.only)
+        print(f"{'section':<24} {'status':<8} seconds")
+        for name, sec in result["sections"].items():
+            print(f"{name:<24} {'ok' if sec['error'] is None else 'FAILED':<8} {sec['seconds']:.1f}")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -67,7 +68,8 @@ def test_with_other_load_counts_what_other_processes_took():
         _, other = with_other_load(lambda: time.sleep(1.0))
     finally:
         busy.wait()
-    assert other > 0.5 and other > idle, (idle, other)  # about one core spinning elsewhere
+    # about one core more spinning elsewhere, unless the machine was already busy on every core
+    assert other >= min(idle + 0.5, os.cpu_count() - 0.5), (idle, other)
 
 
 def test_heads_leave_the_attention_work_unchanged_and_kv_sharing_shrinks_the_cache():

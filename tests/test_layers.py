@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "ctxlab"
 # Lowest first. A module missing from this table fails the test, so a new file must choose its layer.
 LAYERS: dict[str, int] = {
     # 1 instruments: measurement, the validated config, atomic writes, the book's files, the one search
-    "measure": 1, "config": 1, "hf_config": 1, "atomic": 1, "book_files": 1, "search": 1,
+    "measure": 1, "config": 1, "hf_config": 1, "command": 1, "atomic": 1, "book_files": 1, "search": 1,
     # 2 techniques: each one idea, none importing another's harness
     "attention": 2, "positions": 2, "kvcache": 2, "clipping": 2, "packing": 2, "tasks": 2,
     # 3 the model

@@ -6,6 +6,7 @@ import statistics
 
 import torch
 
+from ..command import command_errors
 from ..attention import BACKENDS, attention
 from ..config import positive_int
 from ..measure import measure_peak, run_point, times_ms
@@ -95,12 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ratio-at", type=int, default=8192,
                         help="the T whose sdpa/naive peak ratio the last line reports (default 8192)")
     args = parser.parse_args(argv)
-    max_len = args.max_len or (65536 if args.device == "cuda" else 8192)
-    seq_lens = [2**i for i in range(9, 30) if 2**i <= max_len]
-    rows = []
-    for backward in (False, True):
-        rows += sweep(seq_lens, backward=backward, device=args.device, repeats=args.repeats)
-    print(f"causal attention, B=1, H=4, head_dim=64, fp32, device={args.device}")
-    print(format_table(rows, ["backend", "pass_", "T", "peak_mib", "ms"]))
-    ratio = peak_ratio(rows, "sdpa", "naive", args.ratio_at)
-    print(f"sdpa_vs_naive_peak_memory_ratio_T{args.ratio_at}={ratio:.4f}")
+    if args.max_len is not None and args.max_len < 512:
+        parser.error(f"--max-len must be >= 512 (the sweep starts there), got {args.max_len}")
+    with command_errors(parser):
+        max_len = args.max_len if args.max_len is not None else (65536 if args.device == "cuda" else 8192)
+        seq_lens = [2**i for i in range(9, 30) if 2**i <= max_len]
+        rows = []
+        for backward in (False, True):
+            rows += sweep(seq_lens, backward=backward, device=args.device, repeats=args.repeats)
+        print(f"causal attention, B=1, H=4, head_dim=64, fp32, device={args.device}")
+        print(format_table(rows, ["backend", "pass_", "T", "peak_mib", "ms"]))
+        ratio = peak_ratio(rows, "sdpa", "naive", args.ratio_at)
+        print(f"sdpa_vs_naive_peak_memory_ratio_T{args.ratio_at}={ratio:.4f}")

@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..command import command_errors
 from ..clipping import RULES, total_norm
 from ..config import ModelConfig, reference_config
 from ..model import GPT
@@ -116,28 +117,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per training run")
     parser.add_argument("--batches", type=int, default=3, help="random batches for the cosine figures")
     args = parser.parse_args(argv)
-    if args.seq_len < 2 or args.steps < 1 or args.batches < 1:
-        parser.error("--seq-len must be >= 2, --steps and --batches >= 1")
-    if args.device == "cpu":
-        torch.set_flush_denormal(True)  # denormal values in Adam's state slow CPU arithmetic
+    with command_errors(parser):
+        if args.seq_len < 2 or args.steps < 1 or args.batches < 1:
+            parser.error("--seq-len must be >= 2, --steps and --batches >= 1")
+        if args.device == "cpu":
+            torch.set_flush_denormal(True)  # denormal values in Adam's state slow CPU arithmetic
 
-    settings = [("norm", 1.0), ("value", 1e-3), ("agc", 0.01), ("article", 1e-3), ("article", 0.1)]
-    per_batch = [cosine_rows(reference_gradients(seed=s, device=args.device), settings) for s in range(args.batches)]
-    rows = [{**per_batch[0][i], **{k: sum(b[i][k] for b in per_batch) / len(per_batch)
-                                   for k in ("cosine", "norm_before", "norm_after", "zeroed")}}
-            for i in range(len(settings))]
-    print(f"reference model gradients (T=256, random tokens, mean of {args.batches} batches), device={args.device}")
-    print(format_table(rows, ["rule", "threshold", "cosine", "norm_before", "norm_after", "zeroed"]))
+        settings = [("norm", 1.0), ("value", 1e-3), ("agc", 0.01), ("article", 1e-3), ("article", 0.1)]
+        per_batch = [cosine_rows(reference_gradients(seed=s, device=args.device), settings) for s in range(args.batches)]
+        rows = [{**per_batch[0][i], **{k: sum(b[i][k] for b in per_batch) / len(per_batch)
+                                       for k in ("cosine", "norm_before", "norm_after", "zeroed")}}
+                for i in range(len(settings))]
+        print(f"reference model gradients (T=256, random tokens, mean of {args.batches} batches), device={args.device}")
+        print(format_table(rows, ["rule", "threshold", "cosine", "norm_before", "norm_after", "zeroed"]))
 
-    runs = [divergence_run(o, lr, c, args.seq_len, args.steps, device=args.device) for o, lr, c in RUNS]
-    print(f"\ntraining at T={args.seq_len}, {args.steps} steps, Markov task (best loss ln 4 = {math.log(4):.3f})")
-    print(format_table(runs, ["optimizer", "lr", "clip", "steps_done", "diverged", "first_loss", "final_loss",
-                              "max_loss", "max_grad_norm", "clipped_frac"]))
+        runs = [divergence_run(o, lr, c, args.seq_len, args.steps, device=args.device) for o, lr, c in RUNS]
+        print(f"\ntraining at T={args.seq_len}, {args.steps} steps, Markov task (best loss ln 4 = {math.log(4):.3f})")
+        print(format_table(runs, ["optimizer", "lr", "clip", "steps_done", "diverged", "first_loss", "final_loss",
+                                  "max_loss", "max_grad_norm", "clipped_frac"]))
 
-    lens = [t for t in (args.seq_len // 4, args.seq_len, 4 * args.seq_len) if t >= 2]
-    print("\ngradient norm at initialisation vs T (experiment model, mean-token loss)")
-    print(format_table(grad_norm_vs_length(lens, device=args.device), ["T", "grad_norm", "min", "max"]))
+        lens = [t for t in (args.seq_len // 4, args.seq_len, 4 * args.seq_len) if t >= 2]
+        print("\ngradient norm at initialisation vs T (experiment model, mean-token loss)")
+        print(format_table(grad_norm_vs_length(lens, device=args.device), ["T", "grad_norm", "min", "max"]))
 
-    article = next(r for r in rows if r["rule"] == "article" and r["threshold"] == 1e-3)
-    norm = next(r for r in rows if r["rule"] == "norm")
-    print(f"article_formula_cosine={article['cosine']:.4f} norm_clip_cosine={norm['cosine']:.4f}")
+        article = next(r for r in rows if r["rule"] == "article" and r["threshold"] == 1e-3)
+        norm = next(r for r in rows if r["rule"] == "norm")
+        print(f"article_formula_cosine={article['cosine']:.4f} norm_clip_cosine={norm['cosine']:.4f}")

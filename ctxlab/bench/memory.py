@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from ..command import command_errors
 from ..attention import chunked_attention, naive_attention
 from ..config import ModelConfig, reference_config
 from ..measure import measure_peak
@@ -88,37 +89,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="256 MiB budget, attention ratio at T=2048, smaller checks")
     parser.add_argument("--predict-only", action="store_true", help="skip the measured searches")
     args = parser.parse_args(argv)
-    if args.budget_mib is not None and args.budget_mib <= 0:
-        raise SystemExit(f"--budget-mib must be positive, got {args.budget_mib}")
-    if args.budget_mib is not None:
-        budget = args.budget_mib * MIB
-    elif args.device == "cuda":
-        budget = torch.cuda.mem_get_info()[0] * 0.9
-    else:
-        budget = (256 if args.quick else 1024) * MIB
-    cfg = reference_config()
-    print(f"reference model: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, vocab {cfg.vocab_size}, "
-          f"fp32, batch 1, AdamW; budget {budget / MIB:.0f} MiB tracked; device={args.device}")
-    rows = context_rows(cfg, budget, args.device, measure=not args.predict_only)
-    key = "predicted_T" if args.predict_only else "measured_T"
-    for r in rows:
-        r["x_naive"] = r[key] / rows[0][key]
-    print(format_table(rows, ["technique", "measured_T", "predicted_T", "x_naive", "search_s"]))
-    if args.device == "cpu" and not args.predict_only:
-        print("(chunked rows: measured probes trace torch's fused kernel, which saves the same tensors; see below)")
-        check_t = 2048
-        c = cfg.replace(attention="chunked", attn_chunk=512)
-        chunked = measure_step_memory(c, check_t)["total"]
-        fused = measure_step_memory(c.replace(attention="sdpa"), check_t)["total"]
-        print(f"training-step peak at T={check_t}: chunked backend {chunked / MIB:.1f} MiB, fused kernel "
-              f"{fused / MIB:.1f} MiB (ratio {chunked / fused:.3f})")
-    seq_len = 2048 if args.quick else 8192
-    att = attention_peak_ratio(seq_len, args.device)
-    print(f"attention fwd+bwd at T={seq_len} (B=1, H=4, head dim 64, fp32): chunked {att['chunked']:.1f} MiB, "
-          f"naive {att['naive']:.1f} MiB")
-    checks = model_error_rows(cfg, args.device, scale=0.25 if args.quick else 1.0)
-    print("memory model, one training step, predicted vs measured:")
-    print(format_table(checks, ["config", "T", "measured_mib", "predicted_mib", "rel_error"]))
-    print(f"memory_model_max_abs_relative_error={max(abs(r['rel_error']) for r in checks):.4f}")
-    print(f"chunked_vs_naive_peak_memory_ratio_T{seq_len}={att['ratio']:.4f}")
-    print(f"max_context_ratio_all_vs_naive={rows[-1]['x_naive']:.2f}")
+    with command_errors(parser):
+        if args.budget_mib is not None and args.budget_mib <= 0:
+            parser.error(f"--budget-mib must be positive, got {args.budget_mib}")
+        if args.budget_mib is not None:
+            budget = args.budget_mib * MIB
+        elif args.device == "cuda":
+            budget = torch.cuda.mem_get_info()[0] * 0.9
+        else:
+            budget = (256 if args.quick else 1024) * MIB
+        cfg = reference_config()
+        print(f"reference model: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, vocab {cfg.vocab_size}, "
+              f"fp32, batch 1, AdamW; budget {budget / MIB:.0f} MiB tracked; device={args.device}")
+        rows = context_rows(cfg, budget, args.device, measure=not args.predict_only)
+        key = "predicted_T" if args.predict_only else "measured_T"
+        for r in rows:
+            r["x_naive"] = r[key] / rows[0][key]
+        print(format_table(rows, ["technique", "measured_T", "predicted_T", "x_naive", "search_s"]))
+        if args.device == "cpu" and not args.predict_only:
+            print("(chunked rows: measured probes trace torch's fused kernel, which saves the same tensors; see below)")
+            check_t = 2048
+            c = cfg.replace(attention="chunked", attn_chunk=512)
+            chunked = measure_step_memory(c, check_t)["total"]
+            fused = measure_step_memory(c.replace(attention="sdpa"), check_t)["total"]
+            print(f"training-step peak at T={check_t}: chunked backend {chunked / MIB:.1f} MiB, fused kernel "
+                  f"{fused / MIB:.1f} MiB (ratio {chunked / fused:.3f})")
+        seq_len = 2048 if args.quick else 8192
+        att = attention_peak_ratio(seq_len, args.device)
+        print(f"attention fwd+bwd at T={seq_len} (B=1, H=4, head dim 64, fp32): chunked {att['chunked']:.1f} MiB, "
+              f"naive {att['naive']:.1f} MiB")
+        checks = model_error_rows(cfg, args.device, scale=0.25 if args.quick else 1.0)
+        print("memory model, one training step, predicted vs measured:")
+        print(format_table(checks, ["config", "T", "measured_mib", "predicted_mib", "rel_error"]))
+        print(f"memory_model_max_abs_relative_error={max(abs(r['rel_error']) for r in checks):.4f}")
+        print(f"chunked_vs_naive_peak_memory_ratio_T{seq_len}={att['ratio']:.4f}")
+        print(f"max_context_ratio_all_vs_naive={rows[-1]['x_naive']:.2f}")

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from ..command import command_errors
 from ..config import ModelConfig, positive_int, reference_config
 from ..parallel.bubble import SCHEDULES, bubble_measured, bubble_theory, replay, simulate, step_time
 from ..parallel.events import peak_held
@@ -142,17 +143,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--micro-batch", type=int, default=2, help="sequences per micro-batch")
     args = parser.parse_args(argv)
-    cfg = reference_config()
-    rows = run(args.stages, (args.microbatches,), args.steps, cfg, args.micro_batch, args.seq_len)
-    print(f"reference GPT ({cfg.n_layers} layers, d={cfg.d_model}) split in {args.stages} stages "
-          f"{stage_bounds(cfg.n_layers, args.stages)}, micro-batch {args.micro_batch} x {args.seq_len} tokens")
-    for r in rows:
-        r["held"] = "/".join(map(str, r["held"]))
-    print(format_table(rows, ["schedule", "p", "m", "step_ms", "formula_ms", "formula_err", "bubble", "bubble_q1",
-                              "bubble_q3", "bubble_ops", "bubble_stages", "theory", "held"]))
-    one_f_one_b = next(r for r in rows if r["schedule"] == "1f1b")
-    print(f"medians over {args.steps - 1} steps; bubble_q1/q3: quartiles of the measured bubble over those steps")
-    print("formula = (m + p - 1)(t_F + t_B), slowest stage; bubble_ops / bubble_stages = the schedule replayed")
-    print("with each op's own time / each stage's median op times, nothing between ops; held = peak micro-batches")
-    print("of activations per stage; last line: the 1F1B run")
-    print(f"bubble_measured={one_f_one_b['bubble']:.4f} bubble_theory={one_f_one_b['theory']:.4f}")
+    with command_errors(parser):
+        cfg = reference_config()
+        rows = run(args.stages, (args.microbatches,), args.steps, cfg, args.micro_batch, args.seq_len)
+        print(f"reference GPT ({cfg.n_layers} layers, d={cfg.d_model}) split in {args.stages} stages "
+              f"{stage_bounds(cfg.n_layers, args.stages)}, micro-batch {args.micro_batch} x {args.seq_len} tokens")
+        for r in rows:
+            r["held"] = "/".join(map(str, r["held"]))
+        print(format_table(rows, ["schedule", "p", "m", "step_ms", "formula_ms", "formula_err", "bubble", "bubble_q1",
+                                  "bubble_q3", "bubble_ops", "bubble_stages", "theory", "held"]))
+        one_f_one_b = next(r for r in rows if r["schedule"] == "1f1b")
+        print(f"medians over {args.steps - 1} steps; bubble_q1/q3: quartiles of the measured bubble over those steps")
+        print("formula = (m + p - 1)(t_F + t_B), slowest stage; bubble_ops / bubble_stages = the schedule replayed")
+        print("with each op's own time / each stage's median op times, nothing between ops; held = peak micro-batches")
+        print("of activations per stage; last line: the 1F1B run")
+        print(f"bubble_measured={one_f_one_b['bubble']:.4f} bubble_theory={one_f_one_b['theory']:.4f}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..command import check_output, command_errors
 from ..book_files import CHECKOUT_BOOK
 from ..config import positive_int, with_positions
 from ..tasks import FACTOR, TRAIN_LEN
@@ -104,22 +105,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=None, help="write the measurements as JSON")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    torch.manual_seed(0)
-    res = run(samples=args.samples, loss_samples=args.loss_samples, ckpt_dir=args.ckpt, device=args.device)
-    print(f"\npasskey accuracy ({args.samples} samples per cell; T_train = {TRAIN_LEN})")
-    print(f"{'method':>15} " + " ".join(f"{m}x".rjust(6) for m in MULTIPLES))
-    for method, row in res["passkey"].items():
-        print(f"{method:>15} " + " ".join(f"{row[str(m)]['accuracy']:6.3f}" for m in MULTIPLES))
-    print(f"\nanswer loss (nats per key digit) by position of the key, at {MULTIPLES[-1]}x = "
-          f"{MULTIPLES[-1] * TRAIN_LEN} tokens; the question is at the end, so early keys are far away")
-    print(f"{'method':>15} " + " ".join(f"{a}-{b}x".rjust(6) for a, b in SEGMENTS))
-    for method, r in res["loss"].items():
-        print(f"{method:>15} " + " ".join(f"{v:6.3f}" for v in segment_losses(r["key_pos"], r["loss"])))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res) + "\n")
-        print(f"\nwrote {args.out}")
-    acc = {k: res["passkey"][k][str(FACTOR)]["accuracy"] for k in METHODS}
-    print(f"passkey_4x none={acc['none']:.3f} pi_zero_shot={acc['pi_zero_shot']:.3f} "
-          f"yarn_zero_shot={acc['yarn_zero_shot']:.3f} pi_finetuned={acc['pi_finetuned']:.3f} "
-          f"yarn_finetuned={acc['yarn_finetuned']:.3f}")
+    check_output(p, args.out)
+    with command_errors(p):
+        torch.manual_seed(0)
+        res = run(samples=args.samples, loss_samples=args.loss_samples, ckpt_dir=args.ckpt, device=args.device)
+        print(f"\npasskey accuracy ({args.samples} samples per cell; T_train = {TRAIN_LEN})")
+        print(f"{'method':>15} " + " ".join(f"{m}x".rjust(6) for m in MULTIPLES))
+        for method, row in res["passkey"].items():
+            print(f"{method:>15} " + " ".join(f"{row[str(m)]['accuracy']:6.3f}" for m in MULTIPLES))
+        print(f"\nanswer loss (nats per key digit) by position of the key, at {MULTIPLES[-1]}x = "
+              f"{MULTIPLES[-1] * TRAIN_LEN} tokens; the question is at the end, so early keys are far away")
+        print(f"{'method':>15} " + " ".join(f"{a}-{b}x".rjust(6) for a, b in SEGMENTS))
+        for method, r in res["loss"].items():
+            print(f"{method:>15} " + " ".join(f"{v:6.3f}" for v in segment_losses(r["key_pos"], r["loss"])))
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(res) + "\n")
+            print(f"\nwrote {args.out}")
+        acc = {k: res["passkey"][k][str(FACTOR)]["accuracy"] for k in METHODS}
+        print(f"passkey_4x none={acc['none']:.3f} pi_zero_shot={acc['pi_zero_shot']:.3f} "
+              f"yarn_zero_shot={acc['yarn_zero_shot']:.3f} pi_finetuned={acc['pi_finetuned']:.3f} "
+              f"yarn_finetuned={acc['yarn_finetuned']:.3f}")

@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from ..command import check_output, command_errors
 from ..atomic import write_json
 from ..config import ModelConfig, positive_int
 from ..tasks import TRAIN_LEN, VOCAB_SIZE, passkey_batch, passkey_batches
@@ -155,15 +156,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=400, help="passkey samples per length")
     p.add_argument("--out", default=None, help="write the measurements as JSON")
     args = p.parse_args(argv)
-    for name, least in (("seeds", 1), ("steps", 1), ("key_len", 1), ("samples", 2)):
-        if getattr(args, name) < least:
-            p.error(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(args, name)}")
-    torch.set_num_threads(1)  # one thread: the time per token compares the two designs, not thread pools
-    t0 = time.perf_counter()
-    res = run(list(range(args.seeds)), args.steps, args.key_len, samples=args.samples)
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    res["command"] = "python -m ctxlab.bench recurrent " + " ".join(argv if argv is not None else [])
-    if args.out:
-        write_json(args.out, res, indent=1)
-        print(f"wrote {args.out} ({res['seconds']} s)")
-    print(summary_line(res))
+    check_output(p, args.out)
+    with command_errors(p):
+        for name, least in (("seeds", 1), ("steps", 1), ("key_len", 1), ("samples", 2)):
+            if getattr(args, name) < least:
+                p.error(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(args, name)}")
+        torch.set_num_threads(1)  # one thread: the time per token compares the two designs, not thread pools
+        t0 = time.perf_counter()
+        res = run(list(range(args.seeds)), args.steps, args.key_len, samples=args.samples)
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        res["command"] = "python -m ctxlab.bench recurrent " + " ".join(argv if argv is not None else [])
+        if args.out:
+            write_json(args.out, res, indent=1)
+            print(f"wrote {args.out} ({res['seconds']} s)")
+        print(summary_line(res))

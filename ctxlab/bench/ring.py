@@ -11,6 +11,7 @@ import os
 
 import torch.distributed as dist
 
+from ..command import command_errors
 from ..parallel.launch import launch, run_from_env, under_torchrun
 from ..parallel.ring import comm_bytes_formula
 from .ring_workers import imbalance, jobs_worker
@@ -70,12 +71,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mem-seq-len", type=int, default=1024, help="T of the memory comparison")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
-    if under_torchrun():
-        results = run_from_env(gathering_worker, args.seq_len, args.mem_seq_len)
-        if int(os.environ["RANK"]) == 0:
-            print(report(results, len(results), args.seq_len, args.mem_seq_len))
-        return
-    if args.world_size < 1:
-        raise SystemExit(f"--world-size must be >= 1, got {args.world_size}")
-    results = launch(bench_worker, args.world_size, args.seq_len, args.mem_seq_len, timeout=args.timeout)
-    print(report(results, args.world_size, args.seq_len, args.mem_seq_len))
+    with command_errors(parser):
+        if under_torchrun():
+            results = run_from_env(gathering_worker, args.seq_len, args.mem_seq_len)
+            if int(os.environ["RANK"]) == 0:
+                print(report(results, len(results), args.seq_len, args.mem_seq_len))
+            return
+        if args.world_size < 1:
+            parser.error(f"--world-size must be >= 1, got {args.world_size}")
+        results = launch(bench_worker, args.world_size, args.seq_len, args.mem_seq_len, timeout=args.timeout)
+        print(report(results, args.world_size, args.seq_len, args.mem_seq_len))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..command import check_output, command_errors
 from .settings import QUICK, Settings, check_device, check_settings
 from .study import OUT_DIR, _log, check_data_parallel, run, summary_line
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(f"threads must be an int >= 1, got {args.threads}")
     except ValueError as err:
         p.error(str(err))
+    check_output(p, args.out, folder=True)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = args.out or (Path(tempfile.mkdtemp(prefix="ctxlab-casestudy-")) if args.quick else OUT_DIR)
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
             if f.suffix in (".pt", ".json"):
                 f.unlink()
     command = " ".join(["python -m ctxlab.casestudy", *(sys.argv[1:] if argv is None else argv)])
-    results = run(s, out, args.device, command, ranks)
+    with command_errors(p):
+        results = run(s, out, args.device, command, ranks)
     _log(f"results in {out / 'results.json'}; {results['seconds_this_run']} s")
     _log(summary_line(results))
     return results
