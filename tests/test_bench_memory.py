@@ -21,5 +21,6 @@ def test_cli_last_lines(capsys):
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-2].startswith("chunked_vs_naive_peak_memory_ratio_T2048=")
     assert out[-1].startswith("max_context_ratio_all_vs_naive=") and float(out[-1].split("=")[1]) > 4
-    with pytest.raises(SystemExit, match="budget-mib"):
+    with pytest.raises(SystemExit) as exit_:
         main(["--budget-mib", "-1"])
+    assert exit_.value.code == 2 and "--budget-mib" in capsys.readouterr().err
