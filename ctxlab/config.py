@@ -32,6 +32,14 @@ def positive_int(name: str, value: object) -> int:
     return int(value)
 
 
+def at_least(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int if it is an integer >= ``minimum`` (numpy's too; bool excluded); else a ValueError
+    naming the parameter."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def require(ok: bool, name: str, allowed: str, value: object) -> None:
     """A ValueError naming the parameter, the values it allows and the value it got, unless ``ok``."""
     if not ok:

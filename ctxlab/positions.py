@@ -4,9 +4,9 @@ RoPE rotates each pair of channels by an angle position * frequency, so relative
 up in q.k as a phase difference. A model trained on L positions has only seen the slow channels
 turn through a fraction of a circle; past L those channels reach angles it never saw. Each scaling
 below is a pure function of (head_dim, base, scale s, original_len L) that returns new inverse
-frequencies and an attention factor (multiplied into cos and sin, hence into q and k). Each equals
-the function of the same rope type in Hugging Face transformers (``modeling_rope_utils``), which
-is what real checkpoints were trained with (tested to 1e-6):
+frequencies and an attention factor (multiplied into cos and sin, hence into q and k). Each one
+that has a rope type in Hugging Face transformers (named in parentheses) equals that type's function in
+``modeling_rope_utils``, which is what real checkpoints were trained with (tested to 1e-6):
 
 - ``pi`` (transformers: ``linear``): position interpolation (Chen et al. 2023), every frequency / s.
 - ``ntk``: NTK-aware scaling: base b' = b * s^(d / (d - 2)); the slowest channel is divided by s.
@@ -96,6 +96,11 @@ def yarn_paper_ramp(head_dim: int, base: float, original_len: int, alpha: float 
     return ((r - alpha) / (beta - alpha)).clamp(0.0, 1.0)
 
 
+def blend(theta: Tensor, keep: Tensor, scale: float) -> Tensor:
+    """Each pair's frequency kept (share ``keep``) or interpolated by s: (1 - k) theta / s + k theta."""
+    return (1 - keep) * theta / scale + keep * theta
+
+
 def yarn_attention_factor(scale: float) -> float:
     """sqrt(1/t) = 0.1 ln s + 1: sharpens attention, which interpolation had made flatter."""
     return 0.1 * math.log(scale) + 1.0
@@ -107,7 +112,7 @@ def rope_yarn_paper(head_dim: int, base: float, scale: float, original_len: int,
     _check_scale(scale, original_len)
     theta = rope_inv_freq(head_dim, base)
     gamma = yarn_paper_ramp(head_dim, base, original_len, alpha, beta)
-    return (1 - gamma) * theta / scale + gamma * theta, yarn_attention_factor(scale)
+    return blend(theta, gamma, scale), yarn_attention_factor(scale)
 
 
 def yarn_channel_ramp(head_dim: int, base: float, original_len: int, beta_fast: float = YARN_BETA,
@@ -140,7 +145,7 @@ def rope_yarn(head_dim: int, base: float, scale: float, original_len: int, beta_
     _check_scale(scale, original_len)
     theta = rope_inv_freq(head_dim, base)
     keep = yarn_channel_ramp(head_dim, base, original_len, beta_fast, beta_slow, truncate)
-    return (1 - keep) * theta / scale + keep * theta, yarn_attention_factor(scale)
+    return blend(theta, keep, scale), yarn_attention_factor(scale)
 
 
 def rope_llama3(head_dim: int, base: float, scale: float, original_len: int, low_freq_factor: float = 1.0,
@@ -155,7 +160,7 @@ def rope_llama3(head_dim: int, base: float, scale: float, original_len: int, low
     theta = rope_inv_freq(head_dim, base)
     turns = original_len * theta / (2 * math.pi)  # = L / wavelength
     keep = ((turns - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0.0, 1.0)
-    return (1 - keep) * theta / scale + keep * theta, 1.0
+    return blend(theta, keep, scale), 1.0
 
 
 def rope_dynamic_ntk(head_dim: int, base: float, scale: float, original_len: int,

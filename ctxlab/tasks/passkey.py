@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import IGNORE
-from .seeding import at_least, check_seed, next_token_targets
+from ..config import IGNORE, at_least
+from .seeding import check_seed, next_token_targets
 
 N_DIGITS = 10
 MAX_KEY_LEN = 5

@@ -6,18 +6,10 @@ returns ``get_batch(i)`` whose batch depends only on ``(seed, i)``: a resumed ru
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import IGNORE
-
-
-def at_least(name: str, value: object, minimum: int) -> int:
-    """``value`` if it is an int (numpy ints too, not bool) >= ``minimum``; else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+from ..config import IGNORE, at_least
 
 
 def check_seed(seed: object) -> int:
