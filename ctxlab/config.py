@@ -93,6 +93,7 @@ class ModelConfig:
     rope_beta_fast: float = 32.0  # YaRN: pairs turning more often than this over L are kept
     rope_beta_slow: float = 1.0  # ... and less often than this interpolated
     checkpoint_every: int = 0  # 0: keep all activations; k: recompute every k-th block in backward
+    checkpoint_attention: bool = False  # selective recomputation: the attention core only, in every block
     share_layers: bool = False  # one block's weights reused by every layer (ALBERT-style)
     loss_chunk: int = 0  # 0: full logits; n: cross-entropy over n tokens at a time, recomputed in backward
     mlp_chunk: int = 0  # 0: whole sequence; n: the MLP over n tokens at a time, recomputed in backward
@@ -134,6 +135,8 @@ class ModelConfig:
         _require(isinstance(self.attn_chunk, int) and not isinstance(self.attn_chunk, bool) and self.attn_chunk > 0,
                  "attn_chunk", "a positive int", self.attn_chunk)
         _require(isinstance(self.share_layers, bool), "share_layers", "a bool", self.share_layers)
+        _require(isinstance(self.checkpoint_attention, bool), "checkpoint_attention", "a bool",
+                 self.checkpoint_attention)
 
     def _check_positions(self) -> None:
         _require(self.position_encoding in POSITION_ENCODINGS, "position_encoding", f"one of {POSITION_ENCODINGS}",

@@ -45,11 +45,14 @@ def recompute_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """What activation checkpointing adds per token: the forward of every recomputed block again, its
     matmuls (2 FLOPs a parameter) and its attention (4 d T), but not the block's last matmul, the MLP's
     down projection: torch's (non-reentrant) checkpoint stops recomputing once it has rebuilt every tensor
-    the backward needs, and that output is none of them. The head and the loss are not recomputed."""
+    the backward needs, and that output is none of them. The head and the loss are not recomputed.
+    Selective recomputation (``checkpoint_attention``) adds the scores q k^T again, 2 d T, in every layer:
+    the weighted sum of v is not re-run, for the same reason as the down projection."""
     _check_positive_ints(seq_len=seq_len)
     layers = sum(cfg.recomputes(i) for i in range(cfg.n_layers))
     down_projection = cfg.ffn_dim * cfg.d_model
-    return layers * (2.0 * (block_matmul_params(cfg) - down_projection) + 4.0 * cfg.d_model * seq_len)
+    core = cfg.n_layers * 2.0 * cfg.d_model * seq_len if cfg.checkpoint_attention else 0.0
+    return layers * (2.0 * (block_matmul_params(cfg) - down_projection) + 4.0 * cfg.d_model * seq_len) + core
 
 
 def count_flops(fn: Callable[[], object]) -> int:

@@ -13,8 +13,9 @@ import os
 import statistics
 import time
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -63,6 +64,29 @@ class LiveStorageTracker(TorchDispatchMode):
             if isinstance(t, torch.Tensor) and (t.device.type == "meta" or id(t.untyped_storage()) not in inputs):
                 self._track(t)
         return out
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Modules built inside get ``dtype`` parameters. Fake tensors cannot be converted after they are
+    made (``.to`` swaps storages), so a model traced in bf16 is built in bf16."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def bytes_alive_after(fn: Callable[[], Any]) -> int:
+    """Bytes of the storages ``fn()`` made that are still alive when it returns, its result kept: after
+    a forward pass, the activations autograd saved for backward (and the output)."""
+    tracker = LiveStorageTracker()
+    with tracker:
+        result = fn()
+        alive = tracker.live
+    del result
+    return alive
 
 
 def measure_peak(fn: Callable[[], Any], device: torch.device | str | None = None,

@@ -15,7 +15,7 @@ import torch
 from .config import ModelConfig, positive_int
 from .flops import block_matmul_params
 from .kvcache import ContiguousKVCache
-from .measure import measure_peak, run_point
+from .measure import default_dtype, measure_peak, run_point
 from .model import GPT
 from .search import largest_fitting, search
 
@@ -25,6 +25,7 @@ TECHNIQUES: dict[str, dict] = {
     "sdpa": dict(attention="sdpa"),
     "chunked": dict(attention="chunked"),
     "checkpoint": dict(checkpoint_every=1),
+    "selective": dict(checkpoint_attention=True),
     "chunked_loss": dict(loss_chunk=1024),
     "chunked_mlp": dict(mlp_chunk=1024),
 }
@@ -61,20 +62,28 @@ def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_pe
     d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
     kv, ff, v = cfg.n_kv_heads * hd, cfg.ffn_dim, cfg.vocab_size
     params = count_params(cfg) * e
-    # saved by one block for backward: x, norm1(x), rotated q, the k/v projection, rotated k, the
-    # attention output, its (B, T, d) copy, x + attn, norm2(x), and the MLP's hidden tensors: before and
-    # after GELU, or SwiGLU's gate, silu(gate), up and their product
+    # saved by one block for backward: x, norm1(x), the attention output's (B, T, d) copy, x + attn,
+    # norm2(x), and the MLP's hidden tensors: before and after GELU, or SwiGLU's gate, silu(gate), up and
+    # their product; and what the attention core keeps: rotated q and k, the k/v projection, its output
     hidden = (4 if cfg.mlp == "swiglu" else 2) * ff
     mlp_rows = min(n, cfg.mlp_chunk) if cfg.mlp_chunk else n
-    linear = n * (7 * d + 3 * kv) + (0 if cfg.mlp_chunk else hidden * n)
+    rest = n * 5 * d + (0 if cfg.mlp_chunk else hidden * n)
+    core = n * (2 * d + 3 * kv)
+    g = h // cfg.n_kv_heads
     if cfg.attention == "naive":  # probabilities (B, H, T, T) and the bool mask; no fused output
         attn_saved = h * t * t * batch * e + t * t
         attn_temp = 2 * h * t * t * batch * e  # gradients of probabilities and scores in backward
-        linear -= n * d
+        # torch.matmul saves the operands it batches (measured): for MHA, and MQA at batch 1 (one
+        # k/v head: folded into one matrix product), the rotated k, and v as a view of the k/v
+        # projection at batch 1 (the whole buffer stays) or a copy above; otherwise k and v copied
+        # to every query head
+        viewed = g == 1 or (batch == 1 and cfg.n_kv_heads == 1)
+        k_side, v_side = (kv, 2 * kv if batch == 1 else kv) if viewed else (d, d)
+        core = n * (d + k_side + v_side)
     else:  # fused or chunked: the output (counted above) and one log-sum-exp per row
         attn_saved, attn_temp = h * n * e, 0
         if cfg.attention == "sdpa" and 1 < cfg.n_kv_heads < h:  # torch's kernel gets k/v copied to every head
-            linear += n * (2 * d - 3 * kv)
+            core = n * 4 * d
         if cfg.attention == "chunked":  # a few (chunk x chunk) blocks of scores per head at a time
             attn_temp = 5 * h * min(cfg.attn_chunk, t) ** 2 * batch * e
     # dropout after attention and after the MLP keeps its scaled mask: on CPU in the activations' dtype
@@ -82,8 +91,12 @@ def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_pe
     # RMSNorm runs as several ops in fp32 (no fused kernel everywhere): each of the two keeps its normalised
     # input in fp32, and below fp32 its fp32 copy of the input too (measured: 4 and about 8 bytes an element)
     norm_bytes = 2 * n * d * (4 if e >= 4 else 8) if cfg.norm == "rmsnorm" else 0
-    full_layer = linear * e + attn_saved + norm_bytes + (2 * n * d * e if cfg.dropout > 0 else 0)
-    saved = [n * d * e if cfg.recomputes(i) else full_layer
+    others = norm_bytes + (2 * n * d * e if cfg.dropout > 0 else 0)
+    full_layer = (rest + core) * e + attn_saved + others
+    # selective recomputation keeps only the core's inputs (rotated q and k, the k/v projection) and
+    # recomputes the rest of the core in backward, where the moments below rebuild it
+    kept_layer = (rest + n * (d + 3 * kv)) * e + others if cfg.checkpoint_attention else full_layer
+    saved = [n * d * e if cfg.recomputes(i) else kept_layer
              for i in range(cfg.n_layers)]
     # backward of block i: blocks below still hold what they saved; block i holds its activations (rebuilt
     # if recomputed) plus, first, the MLP's gradient (its hidden already freed by then if chunked) and,
@@ -91,6 +104,11 @@ def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_pe
     hidden_grad = (hidden // 2) * mlp_rows * e  # the gradient of the hidden layer (both halves for SwiGLU)
     mlp_moment = full_layer + hidden_grad + (hidden * mlp_rows * e if cfg.mlp_chunk else 0) + 2 * n * d * e
     attn_moment = full_layer - (0 if cfg.mlp_chunk else hidden * n * e) + attn_temp + 2 * n * d * e
+    if cfg.attention == "naive":  # at the softmax's backward, the peak: the block's MLP is done with
+        held = n * (3 * d + k_side) * e + attn_saved + norm_bytes // 2  # x, norm1, q, the k operand
+        grads = n * (d + (kv if viewed else d)) * e  # the residual stream's and the v operand's
+        weights = (block_matmul_params(cfg) - d * d - 2 * kv * d) * e  # out_proj's and the MLP's, made
+        attn_moment = held + attn_temp + grads + weights
     # gradients appear as backward goes down: the head/embedding's first, then one block's at a time
     block_grad = (count_params(cfg) - cfg.vocab_size * d * (1 if cfg.tie_weights else 2) - 2 * d) * e
     block_grad //= 1 if cfg.share_layers else cfg.n_layers
@@ -120,13 +138,8 @@ def _training_step(cfg: ModelConfig, seq_len: int, batch: int, device: str,
                    dtype: torch.dtype = torch.float32) -> tuple[int, int]:
     """(bytes alive before the step: parameters + AdamW states, peak bytes added during the step)."""
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # built in dtype: converting afterwards cannot swap fake tensors
-    try:
-        with torch.device(device):
-            model = GPT(cfg.replace(max_seq_len=max(cfg.max_seq_len, seq_len)))
-    finally:
-        torch.set_default_dtype(default)
+    with default_dtype(dtype), torch.device(device):
+        model = GPT(cfg.replace(max_seq_len=max(cfg.max_seq_len, seq_len)))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
 
     def step(t: int) -> None:

@@ -29,6 +29,7 @@ class CausalSelfAttention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         # chosen once; context parallelism swaps it for ring attention, and puts it back (parallel/context.py)
         self.attend = attention_function(cfg.attention, cfg.attn_chunk)
+        self.checkpoint_core = cfg.checkpoint_attention
         self.q_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.qkv_bias)
         self.kv_proj = nn.Linear(cfg.d_model, 2 * cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)  # k rows, then v
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -42,7 +43,11 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, pos.cos, pos.sin), apply_rope(k, pos.cos, pos.sin)
         if cache is not None:  # decode: append this step's k/v and attend over everything cached
             k, v = cache.append(k, v)
-        y = self.attend(q, k, v, causal=True, mask=pos.mask, bias=pos.bias)
+        if self.checkpoint_core and torch.is_grad_enabled():
+            # selective recomputation (Korthikanti et al. 2022): backward keeps q, k, v, not the scores
+            y = checkpoint(self.attend, q, k, v, use_reentrant=False, causal=True, mask=pos.mask, bias=pos.bias)
+        else:
+            y = self.attend(q, k, v, causal=True, mask=pos.mask, bias=pos.bias)
         return self.dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, -1)))
 
 

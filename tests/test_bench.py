@@ -39,9 +39,14 @@ def test_bad_inputs():
 
 def test_cli_prints_the_ratio_last():
     out = subprocess.run([sys.executable, "-m", "ctxlab.bench", "attention", "--max-len", "1024", "--repeats", "1",
-                          "--ratio-at", "1024"], capture_output=True, text=True, check=True).stdout.strip().splitlines()
-    name, value = out[-1].split("=")
-    assert name == "sdpa_vs_naive_peak_memory_ratio_T1024" and 0 < float(value) < 0.5  # a T the sweep holds
+                          "--ratio-at", "1024", "--time-at", "1024"], capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()
+    fields = dict(field.split("=") for field in out[-1].split())
+    assert list(fields) == ["sdpa_vs_naive_peak_memory_ratio_T1024", "causal_skip_flops_ratio",
+                            "chunked_vs_sdpa_time_T1024"]
+    assert 0 < float(fields["sdpa_vs_naive_peak_memory_ratio_T1024"]) < 0.5  # a T the sweep holds
+    assert float(fields["causal_skip_flops_ratio"]) == 5 / 8  # 4 blocks a side: (n + 1) / 2n
+    assert float(fields["chunked_vs_sdpa_time_T1024"]) > 0
     unknown = subprocess.run([sys.executable, "-m", "ctxlab.bench", "nope"], capture_output=True, text=True)
     assert unknown.returncode != 0 and "unknown sweep" in unknown.stderr
 
@@ -78,3 +83,4 @@ def test_heads_leave_the_attention_work_unchanged_and_kv_sharing_shrinks_the_cac
     rows = heads_comparison(64, 32, [(1, 1), (4, 4), (4, 1)])
     assert len({r["flops"] for r in rows}) == 1 and rows[1]["naive_mib"] > rows[0]["naive_mib"]
     assert [r["kv_bytes"] for r in rows] == [2 * 32 * 4, 2 * 32 * 4, 2 * 8 * 4]
+

@@ -31,3 +31,17 @@ def test_cli_prints_the_ratios_last():
     bad = subprocess.run([sys.executable, "-m", "ctxlab.bench", "causal_skip", "--chunk", "0"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "chunk" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_speed_sweep_times_every_variant_in_turns_and_fits_the_exponent():
+    from ctxlab.bench.causal_skip import fitted_exponent, speed_sweep, time_ratio
+
+    rows = speed_sweep([64, 128], repeats=2)
+    assert {(r["backend"], r["T"]) for r in rows} == {(b, t) for b in ("naive", "chunked", "chunked, no skip", "sdpa")
+                                                      for t in (64, 128)}
+    assert all(len(r["samples"]) == 2 and r["q1_ms"] <= r["ms"] <= r["q3_ms"] for r in rows)
+    assert time_ratio(rows, "sdpa", "sdpa", 128) == (1.0, 1.0, 1.0)
+    square = [{"backend": "x", "T": t, "ms": 3e-6 * t * t} for t in (512, 1024, 4096)]
+    assert fitted_exponent(square, "x") == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="at least two"):
+        fitted_exponent(square[:1], "x")

@@ -20,7 +20,12 @@ def test_cli_last_lines(capsys):
     main(["--predict-only", "--quick"])
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-2].startswith("chunked_vs_naive_peak_memory_ratio_T2048=")
-    assert out[-1].startswith("max_context_ratio_all_vs_naive=") and float(out[-1].split("=")[1]) > 4
+    fields = dict(field.split("=") for field in out[-1].split())
+    assert list(fields) == ["max_context_ratio_all_vs_naive", "korthikanti_rel_error",
+                            "selective_recompute_memory_ratio"]
+    assert float(fields["max_context_ratio_all_vs_naive"]) > 4
+    assert abs(float(fields["korthikanti_rel_error"])) < 0.01
+    assert 0 < float(fields["selective_recompute_memory_ratio"]) < 0.7
     with pytest.raises(SystemExit) as exit_:
         main(["--budget-mib", "-1"])
     assert exit_.value.code == 2 and "--budget-mib" in capsys.readouterr().err

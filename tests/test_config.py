@@ -18,6 +18,7 @@ BAD = [
     ({"rope_scaling": "magic"}, "rope_scaling"),
     ({"rope_scale": 0.5}, "rope_scale"),
     ({"tie_weights": "yes"}, "tie_weights"),
+    ({"checkpoint_attention": 1}, "checkpoint_attention"),
     ({"dropout": 1.0}, "dropout"),
     ({"d_model": 12, "n_heads": 4}, "d_model"),  # head_dim 3 is odd: RoPE needs pairs
     ({"n_layers": True}, "n_layers"),

@@ -114,3 +114,15 @@ def test_dropout_masks_are_counted(changes, small_config):
     assert abs(predict_step_memory(cfg, 1024)["total"] - measured) / measured < 0.03
     without = predict_step_memory(cfg.replace(dropout=0.0), 1024)["total"]
     assert predict_step_memory(cfg, 1024)["total"] > without  # the masks cost memory
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1])
+def test_naive_attention_is_predicted_at_every_batch_and_kv_sharing(n_kv_heads, small_config):
+    """torch.matmul keeps k and v as views for MHA (and MQA at batch 1) and copies them under GQA;
+    the peak is the top block's softmax backward, when its MLP's weight gradients already exist."""
+    cfg = small_config(max_seq_len=4096, attention="naive", n_kv_heads=n_kv_heads)
+    for batch in (1, 2, 3):
+        measured = measure_step_memory(cfg, 256, batch)["step_peak"]
+        predicted = predict_step_memory(cfg, 256, batch)
+        step = predicted["gradients"] + predicted["activations"]
+        assert abs(step - measured) / measured < 0.01, (batch, step, measured)

@@ -7,10 +7,12 @@ import statistics
 import torch
 
 from ..command import command_errors
-from ..attention import BACKENDS, attention
+from ..attention import BACKENDS, attention, chunked_attention
 from ..config import positive_int
+from ..flops import count_flops
 from ..measure import measure_peak, run_point, times_ms
 from . import format_table
+from .causal_skip import fitted_exponent, speed_sweep, time_ratio
 
 MIB = 2**20
 
@@ -95,7 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ratio-at", type=int, default=8192,
                         help="the T whose sdpa/naive peak ratio the last line reports (default 8192)")
+    parser.add_argument("--time-at", type=int, default=4096,
+                        help="largest T of the interleaved speed sweep, whose chunked/sdpa time ratio the last "
+                             "line reports (default 4096)")
     args = parser.parse_args(argv)
+    if args.time_at < 1024 or args.time_at & (args.time_at - 1):
+        parser.error(f"--time-at must be a power of two >= 1024 (the speed sweep starts at 512), got {args.time_at}")
     if args.max_len is not None and args.max_len < 512:
         parser.error(f"--max-len must be >= 512 (the sweep starts there), got {args.max_len}")
     with command_errors(parser):
@@ -107,4 +114,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"causal attention, B=1, H=4, head_dim=64, fp32, device={args.device}")
         print(format_table(rows, ["backend", "pass_", "T", "peak_mib", "ms"]))
         ratio = peak_ratio(rows, "sdpa", "naive", args.ratio_at)
-        print(f"sdpa_vs_naive_peak_memory_ratio_T{args.ratio_at}={ratio:.4f}")
+        speed_lens = [t for t in (2**i for i in range(9, 30)) if t <= args.time_at]
+        speed = speed_sweep(speed_lens, repeats=max(args.repeats, 3), device=args.device)
+        print(f"forward + backward, in turns over {max(args.repeats, 3)} repeats: median and quartiles (ms)")
+        print(format_table(speed, ["backend", "T", "ms", "q1_ms", "q3_ms"]))
+        print("time ~ T^k, k fitted: " + ", ".join(f"{name} {fitted_exponent(speed, name):.2f}"
+                                                 for name in dict.fromkeys(r["backend"] for r in speed)))
+        chunked, q1, q3 = time_ratio(speed, "chunked", "sdpa", args.time_at)
+        print(f"chunked / sdpa at T={args.time_at}: median {chunked:.2f}, quartiles {q1:.2f}-{q3:.2f}")
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, 4, args.time_at, 64, generator=gen, requires_grad=True) for _ in range(3))
+        flops = {skip: count_flops(lambda: chunked_attention(q, k, v, skip_future=skip).sum().backward())
+                 for skip in (True, False)}
+        print(f"sdpa_vs_naive_peak_memory_ratio_T{args.ratio_at}={ratio:.4f} "
+              f"causal_skip_flops_ratio={flops[True] / flops[False]:.4f} "
+              f"chunked_vs_sdpa_time_T{args.time_at}={chunked:.3f}")

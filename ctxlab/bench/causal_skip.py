@@ -1,4 +1,5 @@
-"""What skipping the future buys: chunked attention with and without its causal block skip.
+"""What skipping the future buys: chunked attention with and without its causal block skip, and how
+its time compares with naive attention and torch's SDPA as T grows.
 
 Under a causal mask a query block sees no key block that lies wholly after it, so a tiled kernel can
 skip those blocks (FlashAttention-2 does, Dao 2023). With n blocks a side it computes n(n + 1) / 2
@@ -8,20 +9,23 @@ of the n^2 blocks: a FLOP ratio of (n + 1) / (2n), towards one half. The FLOPs a
 with its quartiles.
 
 ``python -m ctxlab.bench causal_skip [--seq-len 2048] [--chunk 256] [--repeats 9]``; last line:
-``causal_skip_flops_ratio=... predicted=... time_ratio=... time_ratio_q1=... time_ratio_q3=...``
+``causal_skip_flops_ratio=... predicted=... time_ratio=... time_ratio_q1=... time_ratio_q3=...``.
+``speed_sweep`` times the four kernels in turns per T (``python -m ctxlab.bench attention`` prints it).
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import statistics
 import time
 
 import torch
 
-from ..attention import chunked_attention
+from ..attention import chunked_attention, naive_attention, sdpa_attention
 from ..config import positive_int
 from ..flops import count_flops
-from ..measure import synchronize
+from ..measure import synchronize, times_ms
 
 
 def predicted_ratio(seq_len: int, chunk: int) -> float:
@@ -63,6 +67,55 @@ def skip_comparison(seq_len: int = 2048, chunk: int = 256, heads: int = 4, head_
             "flops_full": flops[False], "flops_ratio": flops[True] / flops[False],
             "predicted_ratio": predicted_ratio(seq_len, chunk), "time_ratio": statistics.median(ratios),
             "time_ratio_q1": q1, "time_ratio_q3": q3, "repeats": repeats}
+
+
+def speed_sweep(seq_lens: list[int], repeats: int = 5, heads: int = 4, head_dim: int = 64,
+                device: str = "cpu") -> list[dict]:
+    """Forward + backward time of causal attention per T: naive, chunked with and without its causal
+    block skip, and torch's SDPA, timed in turns (one call of each, ``repeats`` times) so that a busy
+    moment of the machine hits all four; median and quartiles (ms) per (backend, T)."""
+    positive_int("repeats", repeats)
+    variants = {"naive": naive_attention, "chunked": chunked_attention,
+                "chunked, no skip": functools.partial(chunked_attention, skip_future=False),
+                "sdpa": sdpa_attention}
+    rows = []
+    for t in seq_lens:
+        gen = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, heads, t, head_dim, generator=gen).to(device).requires_grad_() for _ in range(3))
+
+        def step(fn) -> None:
+            out = fn(q, k, v, causal=True)
+            out.backward(torch.ones_like(out))
+            q.grad = k.grad = v.grad = None
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for fn in variants.values():
+            step(fn)  # warm-up
+        for _ in range(repeats):
+            for name, fn in variants.items():
+                times[name] += times_ms(lambda: step(fn), repeats=1, warmup=0, device=device)
+        for name, ms in times.items():
+            q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) > 1 else (ms[0],) * 3
+            rows.append({"backend": name, "T": t, "ms": statistics.median(ms), "q1_ms": q1, "q3_ms": q3,
+                         "samples": ms})
+    return rows
+
+
+def fitted_exponent(rows: list[dict], backend: str) -> float:
+    """Least-squares slope of log(median ms) against log(T): time grows like T to this power."""
+    points = [(math.log(r["T"]), math.log(r["ms"])) for r in rows if r["backend"] == backend]
+    if len(points) < 2:
+        raise ValueError(f"fitted_exponent needs at least two T for backend {backend!r}, got {len(points)}")
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+
+
+def time_ratio(rows: list[dict], num: str, den: str, seq_len: int) -> tuple[float, float, float]:
+    """Median and quartiles of the per-turn time ratio num / den at one T (turns pair the samples)."""
+    by = {r["backend"]: r["samples"] for r in rows if r["T"] == seq_len}
+    ratios = [a / b for a, b in zip(by[num], by[den])]
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return statistics.median(ratios), q1, q3
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,8 @@ from ..config import ModelConfig, reference_config
 from ..measure import measure_peak
 from ..memory_model import max_context, measure_step_memory, predict_step_memory
 from . import format_table, relative_errors
+from .korthikanti import korthikanti_bytes, megatron_layer_bytes
+from .selective import activation_bytes
 
 MIB = 2**20
 # each row adds one technique to the one above it (from "chunked" on)
@@ -121,6 +123,16 @@ def main(argv: list[str] | None = None) -> None:
         checks = model_error_rows(cfg, args.device, scale=0.25 if args.quick else 1.0)
         print("memory model, one training step, predicted vs measured:")
         print(format_table(checks, ["config", "T", "measured_mib", "predicted_mib", "rel_error"]))
+        s, h, a = 2048, 2560, 32  # GPT-3 2.7B's layer
+        traced, formula = megatron_layer_bytes(s, 1, h, a), korthikanti_bytes(s, 1, h, a)
+        print(f"one GPT-3 2.7B layer at s={s}, 16-bit with dropout: traced {traced / MIB:.1f} MiB, "
+              f"s b h (34 + 5 a s / h) = {formula / MIB:.1f} MiB")
+        t_sel = 1024 if args.quick else 2048
+        naive = cfg.replace(attention="naive")
+        selective = activation_bytes(naive.replace(checkpoint_attention=True), t_sel) / activation_bytes(naive, t_sel)
+        print(f"naive attention at T={t_sel}: selective recomputation keeps {selective:.3f} of the activations")
         print(f"memory_model_max_abs_relative_error={max(abs(r['rel_error']) for r in checks):.4f}")
         print(f"chunked_vs_naive_peak_memory_ratio_T{seq_len}={att['ratio']:.4f}")
-        print(f"max_context_ratio_all_vs_naive={rows[-1]['x_naive']:.2f}")
+        print(f"max_context_ratio_all_vs_naive={rows[-1]['x_naive']:.2f} "
+              f"korthikanti_rel_error={(traced - formula) / formula:.2e} "
+              f"selective_recompute_memory_ratio={selective:.4f}")
