@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from .bench import format_table
+from .bench.causal_skip import fitted_exponent
 
 FILE_NAME = "gpucheck.json"
 PACKAGE_DATA = Path(__file__).resolve().parents[1] / "book" / "data" / FILE_NAME
@@ -65,6 +66,12 @@ def _attention(rows: list[dict]) -> str:
     return format_table(shown, ["backend", "T", "peak_mib", "ms"])
 
 
+def _speed(rows: list[dict]) -> str:
+    names = list(dict.fromkeys(r["backend"] for r in rows))
+    fits = ", ".join(f"{n} {fitted_exponent(rows, n):.2f}" for n in names)
+    return format_table(rows, ["backend", "T", "ms", "q1_ms", "q3_ms"]) + f"\ntime ~ T^k, k fitted: {fits}"
+
+
 def _max_context(v: dict) -> str:
     return (f"largest trainable context: {v['largest_fitting_T']:,} tokens (search stopped by {v['stopped_by']}; "
             f"{len(v['probes'])} probes)")
@@ -86,7 +93,8 @@ def _latency(rows: list[dict]) -> str:
     return format_table(rows, ["context", "prefill_ms", "decode_ms_per_token", "kv_cache_bytes"])
 
 
-FORMATS: dict[str, Callable] = {"matmul_peak": _matmul, "attention": _attention, "max_context_reference": _max_context,
+FORMATS: dict[str, Callable] = {"matmul_peak": _matmul, "attention": _attention, "attention_speed": _speed,
+                                "max_context_reference": _max_context,
                                 "max_context_125m": _max_context, "throughput_125m": _throughput,
                                 "parallel": _parallel, "casestudy_latency": _latency}
 

@@ -21,6 +21,7 @@ from .atomic import write_json
 from .measure import matmul_peak, median_ms, run_point
 from .search import search
 from .bench.attention import sweep
+from .bench.causal_skip import speed_sweep
 from .gpu_results import validate
 from .gpucheck_parallel import parallel_checks
 
@@ -125,6 +126,8 @@ def sections(dry_run: bool, device: str) -> dict[str, Callable[[], object]]:
     return {
         "matmul_peak": measure_peak_rate,
         "attention": lambda: attention_sweep(device, dtype, seqs, list(BACKENDS), {"chunked": 16384}),
+        "attention_speed": lambda: speed_sweep([64, 128] if dry_run else [2**i for i in range(10, 15)],
+                                               repeats=2 if dry_run else 5, device=device, dtype=dtype),
         "max_context_reference": lambda: largest_context(ref, device, dtype, start, limit, cap),
         "max_context_125m": lambda: largest_context(big, device, dtype, start, limit, cap),
         "throughput_125m": lambda: step_throughput(big, 128 if dry_run else 16384, device, dtype,

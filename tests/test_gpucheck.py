@@ -46,8 +46,8 @@ def test_the_whole_dry_run_from_the_command_line(tmp_path):
     data = json.loads(out.read_text())
     gpucheck.validate(data)
     assert data["dry_run"] is True and data["device"]
-    for name in ("matmul_peak", "attention", "max_context_reference", "max_context_125m", "throughput_125m",
-                 "parallel", "casestudy_latency"):
+    for name in ("matmul_peak", "attention", "attention_speed", "max_context_reference", "max_context_125m",
+                 "throughput_125m", "parallel", "casestudy_latency"):
         assert data["sections"][name]["error"] is None, (name, data["sections"][name]["error"])
     ctx = data["sections"]["max_context_reference"]["value"]
     assert ctx["largest_fitting_T"] == 64 and ctx["stopped_by"] == "limit"
@@ -56,6 +56,9 @@ def test_the_whole_dry_run_from_the_command_line(tmp_path):
     assert par["ddp_gloo_2"]["ours"]["max_grad_err"] < 1e-5 and par["ring_gloo_2"]["max_err"] < 1e-5
     assert par["pipeline_gloo_2"]["1f1b"]["peak_held"] == [2, 1]
     assert proc.stdout.strip().splitlines()[-1].startswith("wrote ")
+    speed = data["sections"]["attention_speed"]["value"]
+    assert {r["backend"] for r in speed} == {"naive", "chunked", "chunked, no skip", "sdpa"}
+    assert all(len(r["samples"]) == 2 for r in speed)
     lat = data["sections"]["casestudy_latency"]["value"]
     assert [r["context"] for r in lat] == [64, 128] and lat[1]["kv_cache_bytes"] == 2 * lat[0]["kv_cache_bytes"]
     # every section the chapters show renders from a real file; a dry run is not shown as a GPU result

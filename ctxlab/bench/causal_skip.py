@@ -70,7 +70,7 @@ def skip_comparison(seq_len: int = 2048, chunk: int = 256, heads: int = 4, head_
 
 
 def speed_sweep(seq_lens: list[int], repeats: int = 5, heads: int = 4, head_dim: int = 64,
-                device: str = "cpu") -> list[dict]:
+                device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[dict]:
     """Forward + backward time of causal attention per T: naive, chunked with and without its causal
     block skip, and torch's SDPA, timed in turns (one call of each, ``repeats`` times) so that a busy
     moment of the machine hits all four; median and quartiles (ms) per (backend, T)."""
@@ -81,7 +81,8 @@ def speed_sweep(seq_lens: list[int], repeats: int = 5, heads: int = 4, head_dim:
     rows = []
     for t in seq_lens:
         gen = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(1, heads, t, head_dim, generator=gen).to(device).requires_grad_() for _ in range(3))
+        q, k, v = (torch.randn(1, heads, t, head_dim, generator=gen).to(device, dtype).requires_grad_()
+                   for _ in range(3))
 
         def step(fn) -> None:
             out = fn(q, k, v, causal=True)
