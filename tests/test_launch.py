@@ -122,7 +122,8 @@ def test_the_same_worker_runs_under_torchrun():
            "-m", "ctxlab.parallel.launch"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=root)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "rank 0 of 2: all_reduce sum of ranks = 1" in out.stdout
+    # rank 0 prints for both ranks, once and in order
+    assert out.stdout.strip().splitlines() == [f"rank {r} of 2: all_reduce sum of ranks = 1" for r in (0, 1)]
 
 
 def test_a_rank_that_exits_right_after_returning_is_not_a_failure(monkeypatch):
@@ -145,3 +146,28 @@ def test_a_rank_that_exits_right_after_returning_is_not_a_failure(monkeypatch):
     queue.put(pickle.dumps(("error", 0, "Traceback: ValueError: bad")))
     failure = launch_module._root_cause(context, queue, results, {})
     assert isinstance(failure, RankFailure) and failure.rank == 0 and "ValueError: bad" in str(failure)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_under_torchrun_a_failing_rank_names_itself_and_rank_zero_gathers(monkeypatch, capsys):
+    """``run_from_env`` marks a rank's error with its rank; ``gather_from_env`` hands rank 0 every result."""
+    from ctxlab.parallel import gather_from_env, run_from_env
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    assert gather_from_env(lambda rank, world_size, x: (rank, x), "a") == [(0, "a")]
+
+    def fails(rank, world_size):
+        raise ValueError("bad shard")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    with pytest.raises(ValueError, match="bad shard"):
+        run_from_env(fails)
+    err = capsys.readouterr().err
+    assert "[rank 0] Traceback" in err and "[rank 0] ValueError: bad shard" in err

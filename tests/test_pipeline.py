@@ -140,8 +140,11 @@ def test_pipeline_runs_under_torchrun():
            "-m", "ctxlab.bench.pipeline_torch", "--microbatches", "4"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root)
     assert out.returncode == 0, out.stderr[-3000:]
-    diffs = [float(m) for m in re.findall(r" diff (\d\.\de[+-]\d+)", out.stdout)]  # robust to interleaved ranks
+    lines = out.stdout.strip().splitlines()  # rank 0 reports once for both stages
+    assert len(lines) == 2 and all(ln.split(":")[0] in ("gpipe/ours", "1f1b/ours") for ln in lines), out.stdout
+    diffs = [float(m) for m in re.findall(r" diff (\d\.\de[+-]\d+)", out.stdout)]
     assert len(diffs) == 2 and max(diffs) < 1e-5, out.stdout
+    assert "peak micro-batches held per stage [4, 4]" in lines[0] and "per stage [2, 1]" in lines[1], out.stdout
 
 
 def test_bad_inputs():

@@ -1,7 +1,8 @@
 """Data parallelism measured: per-rank memory and step time, alone and with every rank (chapter 4).
 
 Each rank keeps a whole replica, so its memory does not fall with the number of ranks; the step time
-grows by the gradient all-reduce. ``ddp_scaling_worker`` is launched with ``ctxlab.parallel.launch``.
+grows by the gradient all-reduce. ``ddp_scaling_worker`` is launched with ``ctxlab.parallel.launch``;
+``torchrun ... -m ctxlab.bench.ddp`` trains three steps on every rank and prints them from rank 0.
 """
 from __future__ import annotations
 
@@ -49,3 +50,19 @@ def ddp_scaling_worker(rank: int, world_size: int, cfg: ModelConfig, micro_batch
                 if rank == 0 else None
             dist.barrier()
     return out
+
+
+if __name__ == "__main__":  # torchrun --standalone --nproc-per-node 2 -m ctxlab.bench.ddp
+    import os
+
+    from ..parallel.ddp import ddp_train_worker
+    from ..parallel.launch import gather_from_env
+
+    cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=2, max_seq_len=64)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 64, (2 * int(os.environ.get("WORLD_SIZE", "1")), 32), generator=gen)
+    outs = gather_from_env(ddp_train_worker, cfg, tokens, tokens.roll(-1, 1), 3)
+    if outs is not None:  # rank 0 reports for every rank
+        same = all(o["losses"] == outs[0]["losses"] for o in outs)
+        print(f"{len(outs)} ranks, 3 steps of data parallelism: losses {[round(v, 6) for v in outs[0]['losses']]} "
+              f"({'the same on every rank' if same else 'DIFFERENT across ranks'})", flush=True)

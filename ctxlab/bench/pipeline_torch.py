@@ -80,7 +80,7 @@ if __name__ == "__main__":
     import argparse
     import sys
 
-    from ..parallel.launch import run_from_env
+    from ..parallel.launch import gather_from_env
 
     parser = argparse.ArgumentParser(description="one pipeline step per schedule, checked against one process")
     parser.add_argument("--microbatches", type=int, default=4)
@@ -90,10 +90,12 @@ if __name__ == "__main__":
     cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=4, n_heads=2, max_seq_len=args.seq_len)
     x = torch.randint(0, 64, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0))
     reference = single_process_step(cfg, x, x.roll(-1, 1))
-    for name, out in run_from_env(schedules_worker, cfg, x, x.roll(-1, 1), args.microbatches).items():
-        lines = [f"{name}: rank {out['rank']} peak micro-batches held {out['peak_held']}"]
-        if out["loss"] is not None:
-            lines.insert(0, f"{name}: loss {out['loss']:.6f} single-process {reference['loss']:.6f} "
-                            f"diff {abs(out['loss'] - reference['loss']):.1e}")
-        sys.stdout.write("\n".join(lines) + "\n")  # one write per rank and schedule: ranks share the terminal
+    ranks = gather_from_env(schedules_worker, cfg, x, x.roll(-1, 1), args.microbatches)
+    if ranks is not None:  # rank 0 reports for every stage
+        for name in ranks[0]:
+            outs = [r[name] for r in ranks]
+            loss = next(o["loss"] for o in outs if o["loss"] is not None)  # the last stage's
+            print(f"{name}: loss {loss:.6f} single-process {reference['loss']:.6f} "
+                  f"diff {abs(loss - reference['loss']):.1e}; peak micro-batches held per stage "
+                  f"{[o['peak_held'] for o in outs]}")
         sys.stdout.flush()

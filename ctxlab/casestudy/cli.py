@@ -23,7 +23,8 @@ def default_data_parallel(device: str, s: Settings | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m ctxlab.casestudy", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes, under a minute (for tests)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke test of every stage at tiny sizes, under a minute: its accuracies are not results")
     p.add_argument("--out", type=Path, default=None, help="output folder (default book/data/casestudy; --quick: a new temp dir)")
     p.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'cuda:N'")
     p.add_argument("--data-parallel", type=int, default=None,
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
     with command_errors(p):
         results = run(s, out, args.device, command, ranks)
     _log(f"results in {out / 'results.json'}; {results['seconds_this_run']} s")
+    if args.quick:
+        _log("--quick is a smoke test of every stage at tiny sizes (a few steps, a tiny model): its accuracies "
+             "are not results; the stored run of chapter 8 is `python -m ctxlab.casestudy`")
     _log(summary_line(results))
     return results
 

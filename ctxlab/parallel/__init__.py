@@ -11,12 +11,13 @@ from .bubble import bubble_measured, bubble_theory, schedule_order, simulate, st
 from .context import context_parallel, context_parallel_step
 from .events import peak_held
 from .ddp import DataParallel, ddp_compare_worker
-from .launch import RankFailure, RankTimeout, choose_backend, launch, rank_device, run_from_env, under_torchrun
+from .launch import (RankFailure, RankTimeout, choose_backend, gather_from_env, launch, rank_device, run_from_env,
+                     under_torchrun)
 from .pipeline import Stage, run_schedule, stage_bounds
 from .ring import comm_bytes_formula, ring_attention, ring_schedule
 from .sharding import chunk_ids, shard_positions
 
-__all__ = ["launch", "run_from_env", "under_torchrun", "choose_backend", "rank_device", "RankFailure", "RankTimeout",
+__all__ = ["launch", "run_from_env", "gather_from_env", "under_torchrun", "choose_backend", "rank_device", "RankFailure", "RankTimeout",
            "bubble_measured", "bubble_theory", "peak_held", "schedule_order", "simulate", "step_time",
            "context_parallel", "context_parallel_step", "DataParallel", "ddp_compare_worker", "Stage",
            "run_schedule", "stage_bounds", "comm_bytes_formula", "ring_attention", "ring_schedule", "chunk_ids",

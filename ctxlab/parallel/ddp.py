@@ -6,11 +6,10 @@ the same optimiser step as one process would on the whole batch. Gradients are g
 backward hook as soon as its last gradient is ready: communication overlaps the rest of the backward.
 
 Data parallelism multiplies throughput, not context: each rank still holds a full sequence's
-activations (erratum E9). ``torchrun --nproc-per-node 2 -m ctxlab.parallel.ddp`` runs a short check.
+activations (erratum E9). ``torchrun --nproc-per-node 2 -m ctxlab.bench.ddp`` runs a short check.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import torch
@@ -163,15 +162,3 @@ def _check_worker_args(world_size: int, cfg: ModelConfig, tokens: Tensor, target
 
 ddp_train_worker.check_args = ddp_compare_worker.check_args = _check_worker_args
 
-
-if __name__ == "__main__":
-    from .launch import run_from_env
-
-    def _main() -> None:
-        cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=2, max_seq_len=64)
-        gen = torch.Generator().manual_seed(0)
-        tokens = torch.randint(0, 64, (2 * int(os.environ.get("WORLD_SIZE", "1")), 32), generator=gen)
-        out = run_from_env(ddp_train_worker, cfg, tokens, tokens.roll(-1, 1), 3)
-        print("losses:", [round(v, 6) for v in out["losses"]], flush=True)
-
-    _main()

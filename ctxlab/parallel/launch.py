@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import sys
 import time
 import traceback
 from datetime import timedelta
@@ -236,17 +237,32 @@ def run_from_env(fn: Callable, *args: Any, backend: str | None = None) -> Any:
     dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:
         return fn(rank, world_size, *args)
+    except Exception:  # this rank's error, marked with its rank, before torchrun ends the job
+        sys.stderr.write("".join(f"[rank {rank}] {line}" for line in traceback.format_exc().splitlines(True)))
+        sys.stderr.flush()
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def gather_from_env(fn: Callable, *args: Any, backend: str | None = None) -> list | None:
+    """``run_from_env``, with every rank's result gathered on rank 0: rank 0 gets them in rank order,
+    the others None, so that a command prints its report once (from rank 0)."""
+    def gathered(rank: int, world_size: int, *fn_args: Any) -> list | None:
+        result = fn(rank, world_size, *fn_args)
+        everyone = [None] * world_size if rank == 0 else None
+        dist.gather_object(result, everyone, dst=0)
+        return everyone
+    return run_from_env(gathered, *args, backend=backend)
 
 
 def hello_worker(rank: int, world_size: int) -> str:
     t = torch.tensor([float(rank)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t)
-    line = f"rank {rank} of {world_size}: all_reduce sum of ranks = {int(t.item())}"
-    print(line, flush=True)
-    return line
+    return f"rank {rank} of {world_size}: all_reduce sum of ranks = {int(t.item())}"
 
 
 if __name__ == "__main__":  # torchrun --nproc-per-node 2 -m ctxlab.parallel.launch: does a group form?
-    run_from_env(hello_worker)
+    lines = gather_from_env(hello_worker)
+    if lines is not None:  # rank 0 prints for every rank
+        print("\n".join(lines), flush=True)
