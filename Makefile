@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ctxlab-installed
+BOOK_STAMP := $(VENV)/.ctxlab-book-installed
 # The CPU wheel is installed first so that the torch range in requirements.txt is already met.
 TORCH_SPEC ?= torch==2.13.0
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
@@ -12,15 +13,21 @@ BUILD := $(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-book.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
-	touch $(STAMP)
+	touch $(STAMP) $(BOOK_STAMP)
 
-book: $(STAMP)
+# Building the HTML renders the stored outputs: it needs jupyter-book alone, not torch.
+$(BOOK_STAMP): requirements-book.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-book.txt
+	touch $(BOOK_STAMP)
+
+book: $(BOOK_STAMP)
 	$(BUILD)
 	@echo "Book built: $(CURDIR)/_build/html/index.html"
 

@@ -21,7 +21,8 @@ from .tasks import FACTOR, TRAIN_LEN, dialogue_batch, markov_batches, passkey_ba
 from .model import GPT
 from .train import load_model, save_model, train, train_single
 from .evaluate import answer_accuracy, passkey_accuracy
-from .flops import count_flops, recompute_flops_per_token, training_flops_per_token
+from .flops import (attention_flops_per_token, attention_intensity, count_flops, count_training_flops, matmul_params,
+                    mlp_intensity, recompute_flops_per_token, roofline_rate, training_flops_per_token)
 from .attention_io import naive_attention_io, tile_intensity, tile_sizes, tiled_attention_io
 from .memory_model import (apply_techniques, count_params, filled_cache_bytes, max_context, measure_step_memory,
                            predict_step_memory)
@@ -46,7 +47,9 @@ __all__ = ["gpu_results", "book_folder", "IGNORE", "ModelConfig", "reference_con
            "fragmentation_report", "kv_cache_bytes_per_token", "document_mask", "pack_documents",
            "padding_vs_packing", "rope_inv_freq", "FACTOR", "TRAIN_LEN", "dialogue_batch", "markov_batches", "passkey_batch",
            "GPT", "load_model", "save_model", "train", "train_single", "answer_accuracy", "passkey_accuracy",
-           "count_flops", "recompute_flops_per_token", "training_flops_per_token", "naive_attention_io",
+           "attention_flops_per_token", "attention_intensity", "count_flops", "count_training_flops",
+           "matmul_params", "mlp_intensity", "recompute_flops_per_token", "roofline_rate",
+           "training_flops_per_token", "naive_attention_io",
            "tile_intensity", "tile_sizes", "tiled_attention_io", "apply_techniques",
            "count_params", "filled_cache_bytes", "max_context", "measure_step_memory", "predict_step_memory",
            "launch", "format_table", "report_errors", "default_device"]

@@ -1,11 +1,55 @@
-"""Matplotlib figures shared by the chapters (plots only: the numbers come from the other modules)."""
+"""Matplotlib figures shared by the chapters (plots only: the numbers come from the other modules).
+
+Importing this module sets the book's one figure style (``BOOK_STYLE``): figures as wide as the page's
+column (``COLUMN_INCHES`` at 100 dpi is 680 px, the column's width at a 1280 px window), so that they
+are shown at their drawn size, with text of at least 9 pt, and log axes that label only the decades.
+"""
 from __future__ import annotations
 
 import io
 from typing import Sequence
 
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+COLUMN_INCHES = 6.8
+BOOK_STYLE = {
+    "figure.figsize": (COLUMN_INCHES, 3.2), "figure.dpi": 100, "savefig.dpi": 100,
+    "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+    "legend.fontsize": 9, "figure.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3,
+}
+mpl.rcParams.update(BOOK_STYLE)
+
+
+def column_figure(ncols: int = 1, height: float = 3.2, **kw):
+    """``plt.subplots`` at the column's width, ``ncols`` panels side by side."""
+    return plt.subplots(1, ncols, figsize=(COLUMN_INCHES, height), layout="constrained", **kw)
+
+
+def context_ticks(ax, values: Sequence[float], axis: str = "x", every: int = 1) -> None:
+    """A log axis of context lengths, labelled at the measured T ("512", "2K", "16K"), minor ticks bare."""
+    shown = list(values)[::every]
+    labels = [f"{int(v) // 1024}K" if v >= 1024 and int(v) % 1024 == 0 else f"{v:g}" for v in shown]
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log", base=2)
+    target.set_ticks(shown, labels)
+    target.set_minor_formatter(NullFormatter())
+
+
+def decades_only(ax) -> None:
+    """Log axes readable at the column's width: over a decade or more only the decades are labelled;
+    within less than a decade the ticks get short plain labels ("3", "4", "6") instead of 3x10^0 ..."""
+    for axis, scale, (lo, hi) in ((ax.xaxis, ax.get_xscale(), ax.get_xlim()), (ax.yaxis, ax.get_yscale(), ax.get_ylim())):
+        if scale != "log":
+            continue
+        if lo > 0 and hi / lo >= 10:
+            axis.set_minor_formatter(NullFormatter())
+        else:
+            plain = FuncFormatter(lambda v, _: f"{v:g}")
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(plain)
 
 
 def loglog_with_slopes(ax, xs: Sequence[float], series: dict[str, Sequence[float]], ylabel: str,
@@ -18,14 +62,15 @@ def loglog_with_slopes(ax, xs: Sequence[float], series: dict[str, Sequence[float
     for s in slopes:
         ref = anchor * (xs / xs[-1]) ** s
         ax.loglog(xs, ref, "--", color="gray", alpha=0.6, linewidth=1)
-        ax.annotate(f"T^{s}" if s != 1 else "T", (xs[0], ref[0]), color="gray", fontsize=8)
-    ax.set_xlabel("context length T (tokens)")
+        ax.annotate(f"$T^{s}$" if s != 1 else "$T$", (xs[0], ref[0]), color="gray", fontsize=9)
+    ax.set_xlabel("context length $T$ (tokens)")
     ax.set_ylabel(ylabel)
     ax.legend()
-    ax.grid(True, which="both", alpha=0.3)
+    decades_only(ax)
+    context_ticks(ax, xs, every=max(1, len(xs) // 6))
 
 
-def figure_png(fig, dpi: int = 80) -> bytes:
+def figure_png(fig, dpi: int = 100) -> bytes:
     """Render a figure to PNG bytes (for image widgets that work in the static page) and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -37,15 +82,14 @@ def attention_point_figure(rows: list[dict], seq_len: int, max_mib: float, max_m
     """Two bar charts (peak MiB, latency ms) of every backend at one T, on fixed axes so views compare."""
     here = [r for r in rows if r["T"] == seq_len and not r["oom"]]
     names = [r["backend"] for r in here]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(7, 2.6))
-    a.bar(names, [r["peak_mib"] for r in here], color=["C0", "C1", "C2"][: len(here)])
-    a.set_ylim(0, max_mib * 1.1)
-    a.set_ylabel("peak memory (MiB)")
-    b.bar(names, [r["ms"] for r in here], color=["C0", "C1", "C2"][: len(here)])
-    b.set_ylim(0, max_ms * 1.1)
-    b.set_ylabel("latency (ms)")
-    fig.suptitle(f"attention forward + backward at T = {seq_len}")
-    fig.tight_layout()
+    fig, (a, b) = column_figure(2, 2.8)
+    # fixed axes so that the views compare; each bar carries its value, so a short one still reads
+    for ax, key, top, label in ((a, "peak_mib", max_mib, "peak memory (MiB)"), (b, "ms", max_ms, "latency (ms)")):
+        bars = ax.bar(names, [r[key] for r in here], color=["C0", "C1", "C2"][: len(here)])
+        ax.bar_label(bars, fmt=lambda v: f"{v:,.0f}" if v >= 10 else f"{v:.2g}", fontsize=9)
+        ax.set_ylim(0, top * 1.15)
+        ax.set_ylabel(label)
+    fig.suptitle(f"attention forward + backward at $T$ = {seq_len}")
     return fig
 
 
@@ -85,59 +129,61 @@ def ring_step_axes(ax, grid: np.ndarray, step: int, world_size: int) -> None:
     ax.imshow(grid + 2, cmap=ListedColormap(colours), vmin=0, vmax=world_size + 1)
     for (i, j), r in np.ndenumerate(grid):
         if r >= 0:
-            ax.text(j, i, str(r), ha="center", va="center", fontsize=7, color="white")
+            ax.text(j, i, str(r), ha="center", va="center", fontsize=9, color="white")
     holders = ", ".join(f"{r}:{(r - step) % world_size}" for r in range(world_size))
-    ax.set_title(f"step {step}\nrank:K/V held  {holders}", fontsize=8)
+    ax.set_title(f"step {step}\nrank:K/V held  {holders}", fontsize=9)
     ax.set_xticks(range(grid.shape[1]))
     ax.set_yticks(range(grid.shape[0]))
-    ax.tick_params(labelsize=6)
-    ax.set_xlabel("key chunk", fontsize=8)
-    ax.set_ylabel("query chunk", fontsize=8)
+    ax.grid(False)
+    ax.set_xlabel("key chunk")
+    ax.set_ylabel("query chunk")
 
 
 def ring_schedule_figure(world_size: int, causal: bool = True, zigzag: bool = True):
     """All steps of the ring side by side (see ``ring_step_grids``)."""
     grids = ring_step_grids(world_size, causal, zigzag)
-    fig, axes = plt.subplots(1, world_size, figsize=(2.6 * world_size, 3.0))
-    for step, (ax, grid) in enumerate(zip(np.atleast_1d(axes), grids)):
+    ncols = min(world_size, 2)
+    nrows = -(-world_size // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(COLUMN_INCHES, 3.4 * nrows), squeeze=False, layout="constrained")
+    for step, (ax, grid) in enumerate(zip(axes.flat, grids)):
         ring_step_axes(ax, grid, step, world_size)
+    for ax in list(axes.flat)[world_size:]:
+        ax.axis("off")
     fig.suptitle(f"{'causal' if causal else 'non-causal'} ring, {'zig-zag' if zigzag else 'plain'} sharding, "
-                 f"P={world_size}: number = rank computing the block", fontsize=9)
-    fig.tight_layout()
+                 f"P={world_size}: number = rank computing the block")
     return fig
 
 
 def frequency_figure(inv_freq_by_name: dict[str, "np.ndarray"], original, title: str = ""):
     """Each scaling's inverse frequencies per channel pair, divided by the original ones (log scale)."""
     original = np.asarray(original, dtype=float)
-    fig, ax = plt.subplots(figsize=(5.5, 3))
+    fig, ax = column_figure(1, 3.2)
     for i, (name, inv) in enumerate(inv_freq_by_name.items()):
         ax.plot(np.arange(len(original)), np.asarray(inv, dtype=float) / original, "o-", label=name, color=f"C{i}")
     ax.set_yscale("log", base=2)
-    ax.set_xlabel("channel pair i (fast -> slow)")
-    ax.set_ylabel("theta'_i / theta_i")
+    ax.set_xlabel("channel pair $i$ (fast $\\to$ slow)")
+    ax.set_ylabel("$\\theta'_i / \\theta_i$")
     ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+    ax.legend()
     return fig
 
 
 def work_heatmaps(works: dict[str, list[list[int]]]):
     """Per-rank, per-step work (score entries computed) of real runs, one heatmap per layout, shared scale."""
-    fig, axes = plt.subplots(1, len(works), figsize=(4.2 * len(works), 2.8))
+    fig, axes = plt.subplots(len(works), 1, figsize=(COLUMN_INCHES, 2.4 * len(works)), squeeze=False,
+                             layout="constrained")
     vmax = max(max(max(row) for row in w) for w in works.values())
-    for ax, (title, work) in zip(np.atleast_1d(axes), works.items()):
+    for ax, (title, work) in zip(axes.flat, works.items()):
         grid = np.asarray(work)
-        ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax)
+        ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
         for (r, s), value in np.ndenumerate(grid):
-            ax.text(s, r, str(value), ha="center", va="center", fontsize=7, color="white" if value < vmax / 2 else "k")
+            ax.text(s, r, str(value), ha="center", va="center", fontsize=9, color="white" if value < vmax / 2 else "k")
         totals = grid.sum(axis=1)
-        ax.set_yticks(range(len(grid)), [f"rank {r} ({t})" for r, t in enumerate(totals)], fontsize=7)
+        ax.set_yticks(range(len(grid)), [f"rank {r} ({t})" for r, t in enumerate(totals)])
         ax.set_xticks(range(grid.shape[1]))
+        ax.grid(False)
         ax.set_xlabel("ring step")
-        ax.set_title(f"{title}: max/mean = {totals.max() / totals.mean():.2f}", fontsize=9)
-    fig.tight_layout()
+        ax.set_title(f"{title}: max/mean = {totals.max() / totals.mean():.2f}")
     return fig
 
 
@@ -150,25 +196,26 @@ def pipeline_gantt(ax, events_by_stage: list, title: str, scale: float = 1e3, un
         for kind, mb, start, end in ((k, i, a - first, b - first) for k, i, a, b in events):
             ax.broken_barh([(start * scale, (end - start) * scale)], (stage - 0.4, 0.8), color=colors[kind],
                            edgecolor="white", linewidth=0.5)
-            ax.text((start + end) / 2 * scale, stage, str(mb), ha="center", va="center", fontsize=7, color="white")
+            ax.text((start + end) / 2 * scale, stage, str(mb), ha="center", va="center", fontsize=9, color="white")
     ax.set_yticks(range(len(events_by_stage)), [f"stage {s}" for s in range(len(events_by_stage))])
     ax.invert_yaxis()
     ax.set_xlabel(f"time ({unit})")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title)
+    ax.grid(False)
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()], labels=["forward", "backward"],
-              loc="lower right", fontsize=7)
+              loc="lower right")
 
 
 def budget_figure(budget_mib: float, rows: list[dict], breakdown: dict, max_t: float):
     """Left: predicted largest T per technique under one budget; right: the parts of the best row's step."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3), gridspec_kw={"width_ratios": [3, 1]})
+    fig, (a, b) = column_figure(2, 3.0, gridspec_kw={"width_ratios": [3, 1]})
     names = [r["technique"] for r in rows]
     a.barh(names, [r["T"] for r in rows], color="C0")
     a.set_xlim(0, max_t * 1.1)
     a.invert_yaxis()
     a.set_xlabel("largest trainable context T (predicted)")
     for i, r in enumerate(rows):
-        a.annotate(f"{r['T']:,}", (r["T"], i), va="center", fontsize=8)
+        a.annotate(f" {r['T']:,}", (r["T"], i), va="center", fontsize=9)
     bottom = 0.0
     for i, (part, nbytes) in enumerate(breakdown.items()):
         b.bar([0], [nbytes / 2**20], bottom=bottom, color=f"C{i + 1}", label=part)
@@ -176,9 +223,8 @@ def budget_figure(budget_mib: float, rows: list[dict], breakdown: dict, max_t: f
     b.set_ylim(0, budget_mib * 1.05)
     b.set_xticks([])
     b.set_ylabel("MiB")
-    b.legend(fontsize=7, loc="upper right")
+    b.legend(loc="upper right", fontsize=9)
     fig.suptitle(f"budget {budget_mib:,.0f} MiB")
-    fig.tight_layout()
     return fig
 
 
@@ -195,9 +241,10 @@ def loss_and_grad_norm_curves(axes, runs: Sequence[tuple[str, dict]], best_loss:
     for ax, ylabel in ((ax1, "training loss" + (" (dotted: best possible)" if best_loss else "")),
                        (ax2, "gradient norm before clipping")):
         ax.set_yscale("log")
+        decades_only(ax)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8)
+        ax.legend()
     if max_loss is not None:
         ax1.set_ylim(top=max_loss)
 def accuracy_heatmaps(grids: dict[str, "np.ndarray"], lengths: Sequence[int], depths: Sequence[float],
@@ -205,19 +252,20 @@ def accuracy_heatmaps(grids: dict[str, "np.ndarray"], lengths: Sequence[int], de
     """One heatmap (rows: depth of the key, columns: context length) of passkey accuracy per method."""
     n = len(grids)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(COLUMN_INCHES, 2.4 * nrows), squeeze=False, layout="constrained")
     for ax, (name, grid) in zip(axes.flat, grids.items()):
         ax.imshow(np.asarray(grid), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="upper")
         for (r, c), v in np.ndenumerate(np.asarray(grid)):
-            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
-        ax.set_xticks(range(len(lengths)), [str(t) for t in lengths], fontsize=7)
-        ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths], fontsize=7)
-        ax.set_title(name, fontsize=9)
+            ax.text(c, r, f"{v:.2f}".removeprefix("0"), ha="center", va="center", fontsize=9,
+                    color="w" if v < 0.6 else "k")
+        ax.set_xticks(range(len(lengths)), [str(t) for t in lengths])
+        ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths])
+        ax.grid(False)
+        ax.set_title(name)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.supxlabel("context length (tokens)")
     fig.supylabel("depth of the key")
-    fig.tight_layout()
     return fig
 
 
@@ -226,7 +274,7 @@ def recurrent_figure(res: dict):
     model and length, and the forward time per token as T grows."""
     from .bench.recurrent import mean_accuracy
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (ax1, ax2) = column_figure(2, 3.4)
     styles = {"lstm": ("C0", "LSTM"), "gpt": ("C1", "GPT")}
     for (model, (color, name)) in styles.items():
         for t, marker in zip(res["lengths"], "osd"):
@@ -236,18 +284,16 @@ def recurrent_figure(res: dict):
         times = res["ms_per_token"][model]
         ax2.plot([int(t) for t in times], list(times.values()), "o-", color=color, label=name)
     ax1.set_xscale("log")
-    ax2.set_xscale("log", base=2)
-    ax2.set_xticks(res["lengths"], [str(t) for t in res["lengths"]])
-    ax2.minorticks_off()
+    decades_only(ax1)
+    context_ticks(ax2, res["lengths"])
     ax2.set_ylim(bottom=0)
     ax1.set_xlabel("distance from the key to the question (tokens)")
     ax1.set_ylabel("recall accuracy")
     ax1.set_ylim(-0.03, 1.03)
-    ax1.legend(fontsize=8)
-    ax2.set_xlabel("sequence length T (tokens)")
+    ax1.legend()
+    ax2.set_xlabel("sequence length $T$ (tokens)")
     ax2.set_ylabel("forward ms per token (batch 1)")
     ax2.legend()
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
     return fig

@@ -1,28 +1,34 @@
-"""The book's pages as a reader's browser gets them, offline.
+"""The book's pages as a reader's browser gets them, offline, driven by Playwright.
 
-A ``Tab`` answers the pages' requests to jsDelivr from the npm packages under ``.browser/`` (installed by
-``make browserdeps``), blocks and records every other request that would leave the machine, and records the
-browser's errors. Beside it: acting like a reader (click) and checking links against the built files.
+Chromium is Debian's (``executable_path``; Playwright downloads no browser). A ``Tab`` answers the
+pages' requests to jsDelivr from the npm packages under ``.browser/`` (installed by ``make browserdeps``),
+blocks and records every other request that would leave the machine, and records the browser's errors:
+exceptions, console errors, failed requests and error responses. Beside it: checking links against the
+built files.
 """
 from __future__ import annotations
 
-import base64
 import functools
 import html.parser
 import json
 import mimetypes
+import os
 import re
+import shutil
 import urllib.parse
 from pathlib import Path
-
-from cdp import Browser, Page
 
 ROOT = Path(__file__).resolve().parents[2]
 NPM = ROOT / ".browser" / "npm"
 CDN = "https://cdn.jsdelivr.net/npm/"
+# Without the background-networking flags Chromium keeps calling home, refused by a closed network.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio"]
+WIDTH = 1280  # the reader's window
 
-# Console errors that come from the book's toolchain, not from the book, each with why it is harmless.
-# Anything else the browser reports as an error fails the test.
+# Console errors that come from the book's toolchain and that a page cannot fix, each with why it is
+# harmless. Anything else the browser reports as an error fails the test.
 KNOWN_NOISE = [
     (r"Identifier 'THEBE_JS_URL' has already been declared",
      "jupyter-book 1 emits sphinx-thebe's configuration script twice; thebe is not used"),
@@ -32,9 +38,13 @@ KNOWN_NOISE = [
     (r"@jupyter-widgets/html-manager/dist/[0-9a-f]{20}\.(woff2?|ttf|eot|svg)",
      "html-manager resolves its Font Awesome files against the page instead of the CDN; the book's widgets "
      "show no icons"),
-    (r"/favicon\.ico", "the browser asks for /favicon.ico; the book has none"),
-    (r"Got invalid theme mode", "pydata-sphinx-theme's message on a first visit with no stored theme"),
 ]
+
+
+def find_chromium() -> str | None:
+    """Debian's ``chromium`` (or a ``CHROMIUM`` override), or None when not installed."""
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    return path if path and os.access(path, os.X_OK) else None
 
 
 def _package_file(url: str) -> tuple[Path | None, str]:
@@ -55,72 +65,55 @@ def _package_file(url: str) -> tuple[Path | None, str]:
 
 
 class Tab:
-    """A fresh tab per page, so nothing of the previous page leaks into the checks."""
+    """A fresh browser context and page per test, so nothing of the previous page leaks into the checks."""
 
-    def __init__(self, browser: Browser, base: str):
-        self.browser, self.base = browser, base
+    def __init__(self, browser, base: str):
+        self.base = base
         self.errors: list[str] = []      # exceptions, console errors, failed loads
         self.offline: list[str] = []     # requests that would have left the machine
-        self.page = Page(browser)
-        self.session = self.page.session
-        for event, handler in (("Fetch.requestPaused", self._on_request),
-                               ("Runtime.exceptionThrown", self._on_exception),
-                               ("Runtime.consoleAPICalled", self._on_console),
-                               ("Log.entryAdded", self._on_log)):
-            browser.on(event, handler)
-        self.page.call("Log.enable")
-        self.page.call("Fetch.enable", {"patterns": [{"urlPattern": "*"}]})
+        self.context = browser.new_context(viewport={"width": WIDTH, "height": 900})
+        self.context.route("**/*", self._route)
+        self.page = self.context.new_page()
+        self.page.on("pageerror", lambda err: self.errors.append(f"exception: {err}"))
+        self.page.on("console", self._on_console)
+        self.page.on("requestfailed", self._on_failed)
+        self.page.on("response", self._on_response)
 
-    def _mine(self, session: str | None) -> bool:
-        return session == self.session
-
-    def _on_request(self, params: dict, session: str | None) -> None:
-        if not self._mine(session):
-            return
-        url, rid = params["request"]["url"], params["requestId"]
+    def _route(self, route) -> None:
+        url = route.request.url
         if url.startswith(self.base):
-            self.browser.send("Fetch.continueRequest", {"requestId": rid}, session)
+            route.continue_()
             return
         if url.startswith(CDN):
             file, why = _package_file(url)
             if file is not None:
                 kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-                headers = [{"name": "Content-Type", "value": kind},
-                           {"name": "Access-Control-Allow-Origin", "value": "*"}]
-                self.browser.send("Fetch.fulfillRequest", {
-                    "requestId": rid, "responseCode": 200, "responseHeaders": headers,
-                    "body": base64.b64encode(file.read_bytes()).decode()}, session)
+                route.fulfill(status=200, body=file.read_bytes(),
+                              headers={"Content-Type": kind, "Access-Control-Allow-Origin": "*"})
                 return
             self.offline.append(f"{url}: {why}")
         else:
             self.offline.append(url)
-        self.browser.send("Fetch.failRequest", {"requestId": rid, "errorReason": "BlockedByClient"}, session)
+        route.abort("blockedbyclient")
 
-    def _on_exception(self, params: dict, session: str | None) -> None:
-        if self._mine(session):
-            details = params["exceptionDetails"]
-            self.errors.append("exception: " + (details.get("exception", {}).get("description") or details["text"]))
+    def _on_console(self, message) -> None:
+        if message.type == "error":
+            self.errors.append(f"console.error: {message.text} ({message.location.get('url', '')})")
 
-    def _on_console(self, params: dict, session: str | None) -> None:
-        if self._mine(session) and params["type"] == "error":
-            args = " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
-            self.errors.append(f"console.error: {args}")
+    def _on_failed(self, request) -> None:
+        failure = request.failure or ""
+        if "BLOCKED_BY_CLIENT" not in failure:  # blocked ones are reported as leaving the machine
+            self.errors.append(f"failed request {request.url}: {failure}")
 
-    def _on_log(self, params: dict, session: str | None) -> None:
-        entry = params["entry"]
-        if self._mine(session) and entry["level"] == "error" and "ERR_BLOCKED_BY_CLIENT" not in entry["text"]:
-            self.errors.append(f"{entry['text']} ({entry.get('url', '')})")
+    def _on_response(self, response) -> None:
+        if response.status >= 400:
+            self.errors.append(f"HTTP {response.status} for {response.url}")
 
     def unexplained_errors(self) -> list[str]:
         return [e for e in self.errors if not any(re.search(rx, e) for rx, _ in KNOWN_NOISE)]
 
     def close(self) -> None:
-        for event, handler in (("Fetch.requestPaused", self._on_request),
-                               ("Runtime.exceptionThrown", self._on_exception),
-                               ("Runtime.consoleAPICalled", self._on_console),
-                               ("Log.entryAdded", self._on_log)):
-            self.browser.off(event, handler)
-        self.page.close()
+        self.context.close()
 
 
 class _Anchors(html.parser.HTMLParser):
@@ -159,19 +152,3 @@ def broken_internal_links(hrefs: list[str], base: str, root: Path) -> list[str]:
         if fragment and file.suffix == ".html" and fragment not in anchors_of(file):
             broken.append(f"{href}: no anchor #{fragment} in {file.relative_to(root)}")
     return broken
-
-
-def click(tab: Tab, selector: str) -> None:
-    box = tab.page.evaluate(f"""(() => {{ const el = document.querySelector({json.dumps(selector)});
-        el.scrollIntoView({{block: 'center', behavior: 'instant'}}); const r = el.getBoundingClientRect();
-        return [r.x + r.width / 2, r.y + r.height / 2]; }})()""")
-    for kind in ("mousePressed", "mouseReleased"):
-        tab.page.call("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left",
-                                                   "buttons": 1 if kind == "mousePressed" else 0,
-                                                   "clickCount": 1})
-
-
-def visible_link(tab: Tab, selector: str) -> bool:
-    return bool(tab.page.evaluate(f"""(() => {{ const a = document.querySelector({json.dumps(selector)});
-        if (!a) return false; const r = a.getBoundingClientRect();
-        return r.width > 0 && r.height > 0 && getComputedStyle(a).visibility !== 'hidden'; }})()"""))

@@ -1,14 +1,15 @@
 """The rendered book in a real browser: every page of _toc.yml, as a reader without a kernel sees it.
 
-The built HTML (``_build/html``) is served on 127.0.0.1 and opened in headless Chromium. The pages load
-RequireJS, the widget manager and MathJax from jsDelivr; those requests are answered from the same npm
-packages installed under ``.browser/`` (``make browserdeps``), so the page runs offline, with the
-integrity hashes of ``_config.yml`` checked by the browser. Any other request leaving the machine is
-blocked and reported. A screenshot of each page goes to ``artifacts/browser/``.
+The built HTML (``_build/html``) is served on 127.0.0.1 and opened in headless Chromium at 1280 px,
+driven by Playwright. The pages load RequireJS, the widget manager and MathJax from jsDelivr; those
+requests are answered from the same npm packages installed under ``.browser/`` (``make browserdeps``),
+so the page runs offline, with the integrity hashes of ``_config.yml`` checked by the browser. Any other
+request leaving the machine is blocked and reported. Besides errors, links and widgets, each page is
+checked for what the eye sees: no code input or output scrolls sideways, and no figure is shrunk
+below 80% of its drawn width. A screenshot of each page goes to ``artifacts/browser/``.
 """
 from __future__ import annotations
 
-import base64
 import fcntl
 import functools
 import json
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from bookpages import NPM, Tab, broken_internal_links, click, visible_link
-from cdp import Browser, CDPError, find_chromium
+from bookpages import CHROMIUM_FLAGS, NPM, WIDTH, Tab, broken_internal_links, find_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 HTML = ROOT / "_build" / "html"
@@ -70,7 +71,8 @@ def slug(page: str) -> str:
 # -- fixtures ---------------------------------------------------------------------------------------
 
 def _build_is_current() -> bool:
-    config_time = max((ROOT / name).stat().st_mtime for name in ("_config.yml", "_toc.yml"))
+    config = [ROOT / "_config.yml", ROOT / "_toc.yml", *(ROOT / "_static").glob("*")]
+    config_time = max(path.stat().st_mtime for path in config)
     for page in PAGES:
         out = HTML / f"{page}.html"
         if not out.exists() or out.stat().st_mtime < max(config_time, source_of(page).stat().st_mtime):
@@ -119,20 +121,23 @@ def _missing_tools() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def browser():
     missing = _missing_tools()
     if missing:
         reason = f"{' and '.join(missing)} not installed: run `make browserdeps` (root, Debian and npm registries)"
         if IN_CI:
             pytest.fail(reason)
         pytest.skip(reason)
-    chromium = Browser(find_chromium(), str(tmp_path_factory.mktemp("chromium-profile")))
-    yield chromium
-    chromium.close()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
 
 
 @pytest.fixture
-def tab(browser: Browser, server: str):
+def tab(browser, server: str):
     t = Tab(browser, server)
     yield t
     t.close()
@@ -140,17 +145,16 @@ def tab(browser: Browser, server: str):
 
 def open_page(tab: Tab, page: str) -> None:
     """Navigate and wait for what the page renders after load: MathJax and the embedded widgets."""
-    tab.page.navigate(tab.base + f"{page}.html")
-    tab.page.wait_for("document.readyState === 'complete'")
-    tab.page.evaluate("window.MathJax && MathJax.startup ? MathJax.startup.promise.then(() => true) : true",
-                      timeout=30)
-    tab.page.evaluate("document.fonts.ready.then(() => true)", timeout=30)
+    tab.page.goto(tab.base + f"{page}.html", wait_until="load")
+    tab.page.evaluate("window.MathJax && MathJax.startup ? MathJax.startup.promise.then(() => true) : true")
+    tab.page.evaluate("document.fonts.ready.then(() => true)")
     views = tab.page.evaluate(
         "document.querySelectorAll('script[type=\"application/vnd.jupyter.widget-view+json\"]').length")
     if views:
         try:
-            tab.page.wait_for(f"document.querySelectorAll('.widget-subarea').length >= {views}", timeout=20)
-        except CDPError:
+            tab.page.wait_for_function(f"document.querySelectorAll('.widget-subarea').length >= {views}",
+                                       timeout=20_000)
+        except PlaywrightTimeout:
             pass  # reported by the check below with the browser's own errors
 
 
@@ -198,14 +202,34 @@ IMAGES = """(async () => {
 })()"""
 
 
+# What the eye sees at the window's width: code and printed output that scroll sideways (cut off at the
+# column's edge), and figures drawn wider than the column and shrunk to fit (small text).
+LAYOUT = """(() => {
+  const text = (el) => (el.innerText || el.textContent || '').trim().split('\\n')[0].slice(0, 60);
+  const boxes = [...document.querySelectorAll('div.cell_input pre, div.cell_output pre')]
+      .filter((el) => el.getClientRects().length > 0);
+  const wide = boxes.filter((el) => el.scrollWidth > el.clientWidth + 1)
+      .map((el) => `${el.closest('.cell_input') ? 'code' : 'output'} ${el.scrollWidth} > ${el.clientWidth} px: ${text(el)}`);
+  const figures = [...document.querySelectorAll('div.cell_output img')]
+      .filter((img) => img.naturalWidth > 0 && img.getClientRects().length > 0);
+  const shrunk = figures.filter((img) => img.clientWidth < 0.8 * img.naturalWidth)
+      .map((img) => `${img.clientWidth} px shown of ${img.naturalWidth} drawn`);
+  const searches = [...document.querySelectorAll('.search-button-field')]
+      .filter((el) => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== 'hidden').length;
+  const [page, site] = document.title.split(' \u2014 ');
+  return {boxes: boxes.length, wide, figures: figures.length, shrunk, searches, doubled_title: page === site};
+})()"""
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_page_renders_cleanly_in_a_browser(tab: Tab, page: str):
     started = time.monotonic()
     open_page(tab, page)
     facts = tab.page.evaluate(PAGE_FACTS)
-    images = tab.page.evaluate(IMAGES, timeout=30)
+    images = tab.page.evaluate(IMAGES)
+    layout = tab.page.evaluate(LAYOUT)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    tab.page.screenshot(str(ARTIFACTS / f"{slug(page)}.png"))
+    tab.page.screenshot(path=str(ARTIFACTS / f"{slug(page)}.png"))
 
     problems = []
     problems += [f"error output: {e}" for e in facts["errors"]]
@@ -221,30 +245,37 @@ def test_page_renders_cleanly_in_a_browser(tab: Tab, page: str):
         problems.append(f"math: {facts['math_unrendered']} of {facts['math']} not typeset, "
                         f"{facts['math_errors']} TeX errors")
     problems += [f"broken link {b}" for b in broken_internal_links(facts["links"], tab.base, HTML)]
+    problems += [f"scrolls sideways at {WIDTH} px: {w}" for w in layout["wide"]]
+    problems += [f"figure shrunk below 80% of its width: {f}" for f in layout["shrunk"]]
+    if layout["searches"] != 1:
+        problems.append(f"{layout['searches']} search fields shown, expected one")
+    if layout["doubled_title"]:
+        problems.append("the page title repeats the book's title")
 
     source = source_of(page)
     if source.suffix == ".ipynb":
         expected = colab_expected(page)
         if facts["colab"] != [expected]:
             problems.append(f"Colab links {facts['colab']}, expected exactly [{expected}]")
-        click(tab, ".dropdown-launch-buttons > button")
-        if not visible_link(tab, f'a[href="{expected}"]'):
+        tab.page.click(".dropdown-launch-buttons > button")
+        if not tab.page.locator(f'a[href="{expected}"]').first.is_visible():
             problems.append("the launch button does not show the Colab link when clicked")
-        click(tab, ".dropdown-launch-buttons > button")
+        tab.page.click(".dropdown-launch-buttons > button")
         want = tab.base + f"_sources/{page}.ipynb"
         if facts["download"] != [want]:
             problems.append(f"download links {facts['download']}, expected [{want}]")
         elif (HTML / f"_sources/{page}.ipynb").read_bytes() != source.read_bytes():
             problems.append(f"the downloadable _sources/{page}.ipynb differs from {page}.ipynb")
-        click(tab, ".dropdown-download-buttons > button")
-        if not visible_link(tab, "a.btn-download-source-button"):
+        tab.page.click(".dropdown-download-buttons > button")
+        if not tab.page.locator("a.btn-download-source-button").first.is_visible():
             problems.append("the download button does not show the .ipynb link when clicked")
     elif facts["colab"]:
         problems.append(f"a Colab link on a page with no notebook: {facts['colab']}")
 
     problems += [f"request left the machine: {u}" for u in tab.offline]
     problems += [f"browser error: {e}" for e in tab.unexplained_errors()]
-    assert not problems, f"{page} ({images['count']} images, {time.monotonic() - started:.1f} s):\n  " + \
+    assert not problems, f"{page} ({images['count']} images, {layout['boxes']} code and output blocks, " \
+        f"{time.monotonic() - started:.1f} s):\n  " + \
         "\n  ".join(problems)
 
 
@@ -306,7 +337,8 @@ SHOWN = """((i) => {
     value: s.querySelector('[role="slider"]').getAttribute('aria-valuenow'),
     max: s.querySelector('[role="slider"]').getAttribute('aria-valuemax'),
     readout: select ? select.selectedIndex : null,
-    clip: {x: x0 + window.scrollX, y: y0 + window.scrollY, width: x1 - x0, height: y1 - y0, scale: 1},
+    clip: {x: Math.max(x0, 0), y: Math.max(y0, 0), width: x1 - Math.max(x0, 0),
+           height: Math.min(y1, window.innerHeight) - Math.max(y0, 0)},  // in the viewport, once scrolled to
   };
 })"""
 
@@ -342,22 +374,23 @@ def test_moving_a_slider_changes_what_is_shown(tab: Tab, page: str):
         assert slider["in_widget"], f"{page}: slider {slider['index']} is not inside a rendered widget"
         i = slider["index"]
         before = tab.page.evaluate(f"{SHOWN}({i})")
-        picture_before = tab.page.call("Page.captureScreenshot", {"format": "png", "clip": before["clip"],
-                                                                  "captureBeyondViewport": True})["data"]
+        picture_before = tab.page.screenshot(clip=before["clip"])
         for _attempt in range(3):  # a drag that lands while the page still lays out is tried again
-            handle = handle_position(tab, i)
-            tab.page.drag(handle[0], handle[1], handle[2], handle[1])   # drag the handle to the far right
+            x, y, end = handle_position(tab, i)
+            tab.page.mouse.move(x, y)
+            tab.page.mouse.down()
+            tab.page.mouse.move(end, y, steps=8)  # drag the handle to the far right
+            tab.page.mouse.up()
             try:
-                tab.page.wait_for(f"((v) => v.shown !== {json.dumps(before['shown'])} && v.images_ok && "
-                                  f"v.value === v.max)({SHOWN}({i}))", timeout=10)
+                tab.page.wait_for_function(f"((v) => v.shown !== {json.dumps(before['shown'])} && v.images_ok && "
+                                           f"v.value === v.max)({SHOWN}({i}))", timeout=10_000)
                 break
-            except CDPError:
+            except PlaywrightTimeout:
                 pass
         after = tab.page.evaluate(f"{SHOWN}({i})")
-        picture_after = tab.page.call("Page.captureScreenshot", {"format": "png", "clip": after["clip"],
-                                                                 "captureBeyondViewport": True})["data"]
+        picture_after = tab.page.screenshot(clip=after["clip"])
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        (ARTIFACTS / f"{slug(page)}__slider{i}_moved.png").write_bytes(base64.b64decode(picture_after))
+        (ARTIFACTS / f"{slug(page)}__slider{i}_moved.png").write_bytes(picture_after)
 
         assert float(after["value"]) == float(after["max"]) != float(before["value"]), \
             f"{page}: slider {i} did not move to its end ({before['value']} -> {after['value']} of {after['max']})"

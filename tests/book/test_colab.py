@@ -48,7 +48,9 @@ def test_install_cell_installs_the_repository_of_config(path: Path):
     match = PIP_GIT.search(source + "\n")
     assert match, f"{path.name}: the first code cell has no `%pip install git+https://...`:\n{source}"
     assert match["url"] == url, f"{path.name} installs from {match['url']}, _config.yml names {url}"
-    assert match["ref"] in (None, branch), f"{path.name} installs @{match['ref']}, the book's branch is {branch}"
+    # one revision for the page, the notebook Colab opens (blob/<branch>), the package and its data
+    # (raw/<branch>): the cell names the branch rather than leaving it to the repository's default
+    assert match["ref"] == branch, f"{path.name} installs @{match['ref']}, the book's branch is {branch}"
     assert re.search(r"^\s*import ctxlab", source, re.M) and "except ImportError" in source, \
         f"{path.name}: the install cell must only install when `import ctxlab` fails"
 
