@@ -88,6 +88,7 @@ class ModelConfig:
     norm: str = "layernorm"
     norm_eps: float = 1e-5
     qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
+    qk_norm: bool = False  # LayerNorm on each head's queries and keys before the dot product (QK-layernorm)
     rope_low_freq_factor: float = 1.0  # llama3 scaling: wavelengths over L / low are interpolated
     rope_high_freq_factor: float = 4.0  # ... and under L / high kept
     rope_beta_fast: float = 32.0  # YaRN: pairs turning more often than this over L are kept
@@ -120,6 +121,7 @@ class ModelConfig:
         self._check_positions()
         _require(isinstance(self.tie_weights, bool), "tie_weights", "a bool", self.tie_weights)
         _require(isinstance(self.qkv_bias, bool), "qkv_bias", "a bool", self.qkv_bias)
+        _require(isinstance(self.qk_norm, bool), "qk_norm", "a bool", self.qk_norm)
         _require(self.d_ff is None or (isinstance(self.d_ff, int) and not isinstance(self.d_ff, bool) and self.d_ff > 0),
                  "d_ff", "None or a positive int", self.d_ff)
         _require(self.mlp in MLPS, "mlp", f"one of {MLPS}", self.mlp)

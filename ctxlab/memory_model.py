@@ -50,7 +50,8 @@ def count_params(cfg: ModelConfig) -> int:
     d = cfg.d_model
     norm = d if cfg.norm == "rmsnorm" else 2 * d  # RMSNorm has a scale only; LayerNorm a scale and a bias
     bias = d + 2 * cfg.n_kv_heads * cfg.head_dim if cfg.qkv_bias else 0
-    block = block_matmul_params(cfg) + bias + 2 * norm
+    qk_norm = 4 * cfg.head_dim if cfg.qk_norm else 0  # a scale and a bias for queries and for keys
+    block = block_matmul_params(cfg) + bias + qk_norm + 2 * norm
     blocks = 1 if cfg.share_layers else cfg.n_layers
     return cfg.vocab_size * d * (1 if cfg.tie_weights else 2) + blocks * block + norm
 
@@ -67,7 +68,7 @@ def predict_step_memory(cfg: ModelConfig, seq_len: int, batch: int = 1, bytes_pe
     # their product; and what the attention core keeps: rotated q and k, the k/v projection, its output
     hidden = (4 if cfg.mlp == "swiglu" else 2) * ff
     mlp_rows = min(n, cfg.mlp_chunk) if cfg.mlp_chunk else n
-    rest = n * 5 * d + (0 if cfg.mlp_chunk else hidden * n)
+    rest = n * 5 * d + (0 if cfg.mlp_chunk else hidden * n) + (n * (d + kv) if cfg.qk_norm else 0)  # QK-norm's inputs
     core = n * (2 * d + 3 * kv)
     g = h // cfg.n_kv_heads
     if cfg.attention == "naive":  # probabilities (B, H, T, T) and the bool mask; no fused output

@@ -34,11 +34,17 @@ class CausalSelfAttention(nn.Module):
         self.kv_proj = nn.Linear(cfg.d_model, 2 * cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)  # k rows, then v
         self.out_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
+        # QK-layernorm (Dehghani et al. 2023; Wortsman et al. 2023): bounds the pre-softmax logits,
+        # which otherwise can grow without limit at high learning rates
+        self.q_norm = nn.LayerNorm(cfg.head_dim) if cfg.qk_norm else None
+        self.k_norm = nn.LayerNorm(cfg.head_dim) if cfg.qk_norm else None
 
     def forward(self, x: Tensor, pos: Positions, cache: LayerView | None = None) -> Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k, v = self.kv_proj(x).view(b, t, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if pos.cos is not None:  # RoPE; with ALiBi the positions enter as ``pos.bias`` instead
             q, k = apply_rope(q, pos.cos, pos.sin), apply_rope(k, pos.cos, pos.sin)
         if cache is not None:  # decode: append this step's k/v and attend over everything cached

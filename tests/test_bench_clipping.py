@@ -34,11 +34,13 @@ def test_divergence_run_and_norm_sweep_are_plain_data():
 def test_cli_prints_the_cosines_last(capsys):
     from ctxlab.bench.__main__ import main  # the same dispatch as `python -m ctxlab.bench clipping`
     try:
-        main(["clipping", "--seq-len", "32", "--steps", "2", "--batches", "1", "--device", "cpu"])
+        main(["clipping", "--seq-len", "32", "--steps", "2", "--batches", "1", "--device", "cpu",
+              "--stability-steps", "3"])
     finally:
         torch.set_flush_denormal(False)
     out = capsys.readouterr().out.strip().splitlines()
-    m = re.fullmatch(r"article_formula_cosine=([0-9.]+) norm_clip_cosine=([0-9.]+)", out[-1])
-    assert m and float(m.group(1)) < 0.8 and float(m.group(2)) == 1.0
+    m = re.fullmatch(r"article_formula_cosine=([0-9.]+) norm_clip_cosine=([0-9.]+) max_logit_no_qknorm=([0-9.]+) "
+                     r"max_logit_qknorm=([0-9.]+) spikes_no_warmup=([0-9]+) spikes_warmup=([0-9]+)", out[-1])
+    assert m and float(m.group(1)) < 0.8 and float(m.group(2)) == 1.0, out[-1]
     with pytest.raises(SystemExit):
         main(["clipping", "--steps", "0"])

@@ -3,8 +3,10 @@
 ``python -m ctxlab.bench clipping`` prints (1) the cosine between the reference model's gradient and its
 clipped version for norm, value, adaptive clipping and the article's ``max(0, g - theta)``, (2) a
 training run at T=1024 with a deliberately high learning rate, without clipping and with the
-threshold swept, and (3) the gradient norm at a few context lengths. The last line is
-``article_formula_cosine=<value> norm_clip_cosine=<value>``.
+threshold swept, (3) the gradient norm at a few context lengths, and (4) one seed of each policy of
+``bench.stability`` (attention-logit growth; QK-norm, length warmup, clipping). The last line is
+``article_formula_cosine=... norm_clip_cosine=... max_logit_no_qknorm=... max_logit_qknorm=...
+spikes_no_warmup=... spikes_warmup=...``.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from ..model import GPT
 from ..tasks import markov_batches
 from ..train import train
 from . import format_table
+from .stability import last_line, stability_sweep
 
 # The divergence experiment (chapter 3). AdamW at lr 0.1 was tried first and did not diverge (Adam
 # bounds each coordinate's step by about lr), so the run that shows what clipping is for uses SGD.
@@ -116,10 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=1024, help="context length of the training runs")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per training run")
     parser.add_argument("--batches", type=int, default=3, help="random batches for the cosine figures")
+    parser.add_argument("--stability-steps", type=int, default=120,
+                        help="steps of each attention-logit run (bench.stability, one seed per policy)")
     args = parser.parse_args(argv)
     with command_errors(parser):
-        if args.seq_len < 2 or args.steps < 1 or args.batches < 1:
-            parser.error("--seq-len must be >= 2, --steps and --batches >= 1")
+        if args.seq_len < 2 or args.steps < 1 or args.batches < 1 or args.stability_steps < 1:
+            parser.error("--seq-len must be >= 2, --steps, --batches and --stability-steps >= 1")
         if args.device == "cpu":
             torch.set_flush_denormal(True)  # denormal values in Adam's state slow CPU arithmetic
 
@@ -140,6 +145,12 @@ def main(argv: list[str] | None = None) -> None:
         print("\ngradient norm at initialisation vs T (experiment model, mean-token loss)")
         print(format_table(grad_norm_vs_length(lens, device=args.device), ["T", "grad_norm", "min", "max"]))
 
+        stability = stability_sweep(seeds=(0,), steps=args.stability_steps)
+        print(f"\nattention logits at lr 0.03, T=256, {args.stability_steps} steps (python -m ctxlab.bench stability)")
+        print(format_table([{"policy": name, **runs[0]["summary"]} for name, runs in stability.items()],
+                           ["policy", "final_max_logit", "min_entropy", "spikes", "early_peak_grad_norm"]))
+
         article = next(r for r in rows if r["rule"] == "article" and r["threshold"] == 1e-3)
         norm = next(r for r in rows if r["rule"] == "norm")
-        print(f"article_formula_cosine={article['cosine']:.4f} norm_clip_cosine={norm['cosine']:.4f}")
+        print(f"article_formula_cosine={article['cosine']:.4f} norm_clip_cosine={norm['cosine']:.4f} "
+              f"{last_line(stability)}")
