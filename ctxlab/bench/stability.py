@@ -81,7 +81,7 @@ def spikes(losses: list[float], rise: float = 0.3) -> int:
 
 def stability_run(lr: float, seed: int, seq_len: int = 256, steps: int = 120, tokens_per_step: int = 2048,
                   qk_norm: bool = False, length_warmup: bool = False, clip: float | None = None,
-                  d_model: int = 64) -> dict:
+                  d_model: int = 64, device: str = "cpu") -> dict:
     """One AdamW run (no learning-rate warmup, betas 0.9/0.95) of a 2-layer model on the passkey language:
     per step the loss, the gradient norm before clipping, the largest logit and the lowest entropy."""
     for name, value in (("seq_len", seq_len), ("steps", steps), ("tokens_per_step", tokens_per_step)):
@@ -91,12 +91,13 @@ def stability_run(lr: float, seed: int, seq_len: int = 256, steps: int = 120, to
     torch.manual_seed(seed)
     cfg = reference_config(vocab_size=VOCAB_SIZE, d_model=d_model, n_layers=2, n_heads=4, max_seq_len=seq_len,
                            qk_norm=qk_norm)
-    model = GPT(cfg)
+    model = GPT(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     history: dict[str, list] = {"loss": [], "grad_norm": [], "max_logit": [], "entropy": [], "T": []}
     for step in range(steps):
         t = warmup_length(step, seq_len, steps // 3) if length_warmup else seq_len
-        tokens, targets = language_batch(max(1, tokens_per_step // t), t, seed * 1_000_003 + step)
+        tokens, targets = (x.to(device) for x in language_batch(max(1, tokens_per_step // t), t,
+                                                                 seed * 1_000_003 + step))
         record: dict[str, list] = {"max_logit": [], "entropy": []}
         with attention_probe(model, record):
             loss = model(tokens, targets)[1]
