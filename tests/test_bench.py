@@ -38,13 +38,13 @@ def test_bad_inputs():
 
 
 def test_cli_prints_the_ratio_last():
-    out = subprocess.run([sys.executable, "-m", "ctxlab.bench", "attention", "--max-len", "1024", "--repeats", "1",
-                          "--ratio-at", "1024", "--time-at", "1024"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "ctxlab.bench", "attention", "--max-len", "512", "--repeats", "1",
+                          "--ratio-at", "512", "--time-at", "1024"], capture_output=True, text=True,
                          check=True).stdout.strip().splitlines()
     fields = dict(field.split("=") for field in out[-1].split())
-    assert list(fields) == ["sdpa_vs_naive_peak_memory_ratio_T1024", "causal_skip_flops_ratio",
+    assert list(fields) == ["sdpa_vs_naive_peak_memory_ratio_T512", "causal_skip_flops_ratio",
                             "chunked_vs_sdpa_time_T1024"]
-    assert 0 < float(fields["sdpa_vs_naive_peak_memory_ratio_T1024"]) < 0.5  # a T the sweep holds
+    assert 0 < float(fields["sdpa_vs_naive_peak_memory_ratio_T512"]) < 0.5  # a T the sweep holds
     assert float(fields["causal_skip_flops_ratio"]) == 5 / 8  # 4 blocks a side: (n + 1) / 2n
     assert float(fields["chunked_vs_sdpa_time_T1024"]) > 0
     unknown = subprocess.run([sys.executable, "-m", "ctxlab.bench", "nope"], capture_output=True, text=True)
