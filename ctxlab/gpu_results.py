@@ -95,7 +95,7 @@ def _latency(rows: list[dict]) -> str:
 
 FORMATS: dict[str, Callable] = {"matmul_peak": _matmul, "attention": _attention, "attention_speed": _speed,
                                 "max_context_reference": _max_context,
-                                "max_context_125m": _max_context, "throughput_125m": _throughput,
+                                "max_context_110m": _max_context, "throughput_110m": _throughput,
                                 "parallel": _parallel, "casestudy_latency": _latency}
 
 

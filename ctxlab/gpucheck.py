@@ -25,7 +25,7 @@ from .bench.causal_skip import speed_sweep
 from .gpu_results import validate
 from .gpucheck_parallel import parallel_checks
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the 110M model's sections are named for it (were *_125m)
 
 
 def attention_sweep(device: str, dtype: torch.dtype, seq_lens: list[int], backends: list[str],
@@ -83,8 +83,8 @@ def step_throughput(cfg, seq_len: int, device: str, dtype: torch.dtype, peak_tfl
             "mfu": mfu}
 
 
-def model_125m(**changes):
-    """The planner's 125M preset (GPT-3 Small's shape: 12 layers, width 768, 12 heads), 1024 positions."""
+def model_110m(**changes):
+    """The planner's gpt-110m preset (GPT-3 Small's shape: 12 layers, width 768, 12 heads), 1024 positions."""
     from .planner import PRESETS
 
     return PRESETS["gpt-110m"].replace(**{"max_seq_len": 1024, **changes})
@@ -121,7 +121,7 @@ def sections(dry_run: bool, device: str) -> dict[str, Callable[[], object]]:
 
     tiny = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=64)
     ref = reference_config(**(tiny if dry_run else {}), **ALL_TECHNIQUES)
-    big = ref if dry_run else model_125m(**ALL_TECHNIQUES)
+    big = ref if dry_run else model_110m(**ALL_TECHNIQUES)
     start, limit, cap = (32, 64, 30.0) if dry_run else (8192, 2**21, 120.0)
     return {
         "matmul_peak": measure_peak_rate,
@@ -129,8 +129,8 @@ def sections(dry_run: bool, device: str) -> dict[str, Callable[[], object]]:
         "attention_speed": lambda: speed_sweep([64, 128] if dry_run else [2**i for i in range(10, 15)],
                                                repeats=2 if dry_run else 5, device=device, dtype=dtype),
         "max_context_reference": lambda: largest_context(ref, device, dtype, start, limit, cap),
-        "max_context_125m": lambda: largest_context(big, device, dtype, start, limit, cap),
-        "throughput_125m": lambda: step_throughput(big, 128 if dry_run else 16384, device, dtype,
+        "max_context_110m": lambda: largest_context(big, device, dtype, start, limit, cap),
+        "throughput_110m": lambda: step_throughput(big, 128 if dry_run else 16384, device, dtype,
                                                    peak.get("tflops")),
         "parallel": lambda: parallel_checks(device),
         "casestudy_latency": lambda: serving_latency(device, dtype, [64, 128] if dry_run else

@@ -46,12 +46,12 @@ def test_the_whole_dry_run_from_the_command_line(tmp_path):
     data = json.loads(out.read_text())
     gpucheck.validate(data)
     assert data["dry_run"] is True and data["device"]
-    for name in ("matmul_peak", "attention", "attention_speed", "max_context_reference", "max_context_125m",
-                 "throughput_125m", "parallel", "casestudy_latency"):
+    for name in ("matmul_peak", "attention", "attention_speed", "max_context_reference", "max_context_110m",
+                 "throughput_110m", "parallel", "casestudy_latency"):
         assert data["sections"][name]["error"] is None, (name, data["sections"][name]["error"])
     ctx = data["sections"]["max_context_reference"]["value"]
     assert ctx["largest_fitting_T"] == 64 and ctx["stopped_by"] == "limit"
-    assert 0 < data["sections"]["throughput_125m"]["value"]["mfu"]
+    assert 0 < data["sections"]["throughput_110m"]["value"]["mfu"]
     par = data["sections"]["parallel"]["value"]
     assert par["ddp_gloo_2"]["ours"]["max_grad_err"] < 1e-5 and par["ring_gloo_2"]["max_err"] < 1e-5
     assert par["pipeline_gloo_2"]["1f1b"]["peak_held"] == [2, 1]
