@@ -29,6 +29,7 @@ def raise_on_rank_one(rank, world_size, stamp):
 
 
 def hang_on_rank_one(rank, world_size, stamp):
+    dist.barrier()  # both ranks joined: rank 0 returning cannot cut rank 1's connection mid-handshake
     if rank == 1:
         time.sleep(3600)
     return rank
