@@ -28,6 +28,14 @@ from ..flops import count_flops
 from ..measure import synchronize, times_ms
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """First and third quartiles (both the value itself for a single sample)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return q1, q3
+
+
 def predicted_ratio(seq_len: int, chunk: int) -> float:
     """Blocks a causal tiled kernel computes over all blocks, with n = ceil(T / chunk) a side."""
     n = -(-seq_len // chunk)
@@ -62,7 +70,7 @@ def skip_comparison(seq_len: int = 2048, chunk: int = 256, heads: int = 4, head_
             synchronize(device)
             ms[skip] = time.perf_counter() - t0
         ratios.append(ms[True] / ms[False])
-    q1, _, q3 = statistics.quantiles(ratios, n=4) if repeats > 1 else (ratios[0],) * 3
+    q1, q3 = quartiles(ratios)
     return {"seq_len": seq_len, "chunk": chunk, "max_difference": same, "flops_skip": flops[True],
             "flops_full": flops[False], "flops_ratio": flops[True] / flops[False],
             "predicted_ratio": predicted_ratio(seq_len, chunk), "time_ratio": statistics.median(ratios),
@@ -95,7 +103,7 @@ def speed_sweep(seq_lens: list[int], repeats: int = 5, heads: int = 4, head_dim:
             for name, fn in variants.items():
                 times[name] += times_ms(lambda: step(fn), repeats=1, warmup=0, device=device)
         for name, ms in times.items():
-            q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) > 1 else (ms[0],) * 3
+            q1, q3 = quartiles(ms)
             rows.append({"backend": name, "T": t, "ms": statistics.median(ms), "q1_ms": q1, "q3_ms": q3,
                          "samples": ms})
     return rows
@@ -115,7 +123,7 @@ def time_ratio(rows: list[dict], num: str, den: str, seq_len: int) -> tuple[floa
     """Median and quartiles of the per-turn time ratio num / den at one T (turns pair the samples)."""
     by = {r["backend"]: r["samples"] for r in rows if r["T"] == seq_len}
     ratios = [a / b for a, b in zip(by[num], by[den])]
-    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    q1, q3 = quartiles(ratios)
     return statistics.median(ratios), q1, q3
 
 
