@@ -14,6 +14,8 @@ from .attention import (attention, attention_with_lse, chunked_attention, merge_
                         sdpa_attention)
 from .clipping import article_clip, clip_by_global_norm, clip_by_value, layer_norms, total_norm
 from .kvcache import ContiguousKVCache, PagedKVCache, fragmentation_report, kv_cache_bytes_per_token
+from .kvcache_quant import QUANT_MODES, QuantizedKVCache
+from .kvcache_window import SinkWindowCache
 from .packing import document_mask, pack_documents, padding_vs_packing
 from .positions import rope_inv_freq
 from .tasks import FACTOR, TRAIN_LEN, dialogue_batch, markov_batches, passkey_batch
@@ -26,6 +28,7 @@ from .flops import (attention_flops_per_token, attention_intensity, count_flops,
 from .attention_io import naive_attention_io, tile_intensity, tile_sizes, tiled_attention_io
 from .memory_model import (apply_techniques, count_params, filled_cache_bytes, max_context, measure_step_memory,
                            predict_step_memory)
+from .serving import crossover_context, decode_bytes, decode_flops, predicted_step_ms, prefill, weight_bytes_read
 # running ranks, and printing results
 from .parallel import launch
 from .bench import format_table, report_errors
@@ -44,7 +47,8 @@ __all__ = ["gpu_results", "book_folder", "IGNORE", "ModelConfig", "reference_con
            "matmul_peak", "measure_peak", "median_ms", "times_ms", "with_other_load", "attention", "attention_with_lse", "chunked_attention",
            "merge_partials", "naive_attention", "sdpa_attention", "article_clip", "clip_by_global_norm",
            "clip_by_value", "layer_norms", "total_norm", "ContiguousKVCache", "PagedKVCache",
-           "fragmentation_report", "kv_cache_bytes_per_token", "document_mask", "pack_documents",
+           "fragmentation_report", "kv_cache_bytes_per_token", "QUANT_MODES", "QuantizedKVCache",
+           "SinkWindowCache", "document_mask", "pack_documents",
            "padding_vs_packing", "rope_inv_freq", "FACTOR", "TRAIN_LEN", "dialogue_batch", "markov_batches", "passkey_batch",
            "GPT", "load_model", "save_model", "train", "train_single", "answer_accuracy", "passkey_accuracy",
            "attention_flops_per_token", "attention_intensity", "count_flops", "count_training_flops",
@@ -52,4 +56,5 @@ __all__ = ["gpu_results", "book_folder", "IGNORE", "ModelConfig", "reference_con
            "training_flops_per_token", "naive_attention_io",
            "tile_intensity", "tile_sizes", "tiled_attention_io", "apply_techniques",
            "count_params", "filled_cache_bytes", "max_context", "measure_step_memory", "predict_step_memory",
+           "crossover_context", "decode_bytes", "decode_flops", "predicted_step_ms", "prefill", "weight_bytes_read",
            "launch", "format_table", "report_errors", "default_device"]

@@ -21,17 +21,23 @@ class LayerView:
     Taken as the layer runs (``cache.view(layer)``), before the step's ``advance``: every layer of one
     step writes at the same start."""
 
-    def __init__(self, cache: "ContiguousKVCache | PagedKVCache", layer: int):
+    def __init__(self, cache: "_KVCache", layer: int):
         self.cache, self.layer, self.start = cache, layer, cache.seq_len
+        self.rotates_keys = cache.rotates_keys  # the cache applies RoPE to k itself (a sliding window)
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         return self.cache.write(self.layer, self.start, k, v)
 
 
 class _KVCache:
-    """What every cache offers the model: a view per layer, and ``advance`` once a step's layers have run."""
+    """What every cache offers the model: ``make_room`` before a step, a view per layer, and ``advance``
+    once the step's layers have run."""
 
     seq_len: int
+    rotates_keys = False  # True: the layer hands over k before RoPE and the cache rotates it on read
+
+    def make_room(self, t: int) -> None:
+        """Called before a step of ``t`` tokens; a cache that evicts (``kvcache_window``) does it here."""
 
     def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -70,12 +76,14 @@ class ContiguousKVCache(_KVCache):
 
 
 class BlockAllocator:
-    """Hands out fixed-size blocks of a shared pool and takes them back (a free list)."""
+    """Hands out fixed-size blocks of a shared pool and takes them back (a free list). A block can be
+    shared by several sequences (a common prompt); it returns to the pool when its last holder lets go."""
 
     def __init__(self, num_blocks: int):
         positive_int("num_blocks", num_blocks)
         self.num_blocks = num_blocks
         self.free_blocks = list(range(num_blocks - 1, -1, -1))
+        self.refs = [0] * num_blocks
 
     @property
     def in_use(self) -> int:
@@ -85,10 +93,19 @@ class BlockAllocator:
         if not self.free_blocks:
             raise RuntimeError(f"paged KV cache exhausted: all {self.num_blocks} blocks are in use; "
                                "free finished sequences or create the cache with more num_blocks")
-        return self.free_blocks.pop()
+        block = self.free_blocks.pop()
+        self.refs[block] = 1
+        return block
+
+    def share(self, blocks: list[int]) -> None:
+        for block in blocks:
+            self.refs[block] += 1
 
     def release(self, blocks: list[int]) -> None:
-        self.free_blocks.extend(reversed(blocks))
+        for block in reversed(blocks):
+            self.refs[block] -= 1
+            if self.refs[block] == 0:
+                self.free_blocks.append(block)
 
 
 class PagedKVCache(_KVCache):
@@ -96,7 +113,9 @@ class PagedKVCache(_KVCache):
 
     A sequence holds ceil(len / block_size) blocks instead of a max_len reservation, so the waste is
     under one block per sequence. Same ``write`` / ``advance`` / ``seq_len`` interface as
-    :class:`ContiguousKVCache`, so the model's decode path takes either.
+    :class:`ContiguousKVCache`, so the model's decode path takes either. ``fork`` starts sessions that
+    share this one's blocks (a system prompt computed once); a shared block is copied the first time a
+    session writes into it (copy-on-write), so sessions never see each other's tokens.
     """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, num_blocks: int, block_size: int = 16,
@@ -110,6 +129,23 @@ class PagedKVCache(_KVCache):
         self.block_tables: list[list[int]] = [[] for _ in range(batch_size)]
         self.lengths = [0] * batch_size
         self.seq_len = 0
+        self.copied_blocks = 0  # copy-on-write copies made so far
+
+    def fork(self, n_sessions: int) -> "PagedKVCache":
+        """A cache of ``n_sessions`` sequences that continue this one-sequence cache's tokens, in the same
+        pool: every block is shared (its count of holders raised), none copied until a session writes."""
+        positive_int("n_sessions", n_sessions)
+        if len(self.block_tables) != 1:
+            raise ValueError(f"fork needs a cache of one sequence (the shared prompt), this one holds "
+                             f"{len(self.block_tables)}")
+        sessions = object.__new__(PagedKVCache)
+        sessions.k, sessions.v, sessions.block_size, sessions.allocator = self.k, self.v, self.block_size, self.allocator
+        sessions.block_tables = [list(self.block_tables[0]) for _ in range(n_sessions)]
+        for table in sessions.block_tables:
+            self.allocator.share(table)
+        sessions.lengths, sessions.seq_len = [self.lengths[0]] * n_sessions, self.seq_len
+        sessions.copied_blocks = 0
+        return sessions
 
     def reserve(self, seq: int, n_tokens: int) -> None:
         """Make sure sequence ``seq`` has blocks for its first ``n_tokens`` positions."""
@@ -119,6 +155,17 @@ class PagedKVCache(_KVCache):
         while len(table) * self.block_size < n_tokens:
             table.append(self.allocator.allocate())
         self.lengths[seq] = max(self.lengths[seq], n_tokens)
+
+    def _own(self, seq: int, start: int, end: int) -> None:
+        """Copy-on-write: give ``seq`` a block of its own wherever [start, end) falls in a shared one."""
+        table = self.block_tables[seq]
+        for i in range(start // self.block_size, (end - 1) // self.block_size + 1):
+            if self.allocator.refs[table[i]] > 1:
+                mine = self.allocator.allocate()
+                self.k[:, mine], self.v[:, mine] = self.k[:, table[i]], self.v[:, table[i]]  # every layer
+                self.allocator.release([table[i]])
+                table[i] = mine
+                self.copied_blocks += 1
 
     def free(self, seq: int) -> None:
         """Return a finished sequence's blocks to the pool."""
@@ -138,6 +185,7 @@ class PagedKVCache(_KVCache):
         end = start + k.shape[2]
         for seq in range(len(self.block_tables)):
             self.reserve(seq, end)
+            self._own(seq, start, end)
         blocks, offsets = self._slots(start, end)
         self.k[layer, blocks, :, offsets] = k.permute(0, 2, 1, 3)
         self.v[layer, blocks, :, offsets] = v.permute(0, 2, 1, 3)
@@ -149,7 +197,7 @@ class PagedKVCache(_KVCache):
         return 2 * self.k[:, 0].nbytes
 
     def nbytes(self) -> int:
-        """Bytes held by sequences (blocks in use); the pool itself is ``k.nbytes + v.nbytes``."""
+        """Bytes of the pool's blocks in use (by any cache sharing it); the pool is ``k.nbytes + v.nbytes``."""
         return self.allocator.in_use * self.block_bytes()
 
 

@@ -219,3 +219,19 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int) -> dict:
     b = torch.randn(n, n, device=device, dtype=dtype)
     ms = median_ms(lambda: a @ b, repeats=10, warmup=3, device=device)
     return {"n": n, "dtype": str(dtype), "ms": ms, "tflops": 2 * n**3 / (ms / 1e3) / 1e12}
+
+
+def read_bandwidth(device: torch.device | str = "cpu", n_bytes: int = 256 * 2**20, repeats: int = 7,
+                   dtype: torch.dtype = torch.float32) -> dict:
+    """Bytes per second a matrix-vector product reads from memory: a decode step's own access pattern
+    (every weight read once, two FLOPs each). The matrix is far larger than any cache, so this is the
+    memory's bandwidth as that kernel sees it; median and quartiles over ``repeats`` timings."""
+    device = torch.device(device)
+    cols = 4096
+    rows = max(1, n_bytes // (cols * torch.finfo(dtype).bits // 8))
+    matrix = torch.randn(rows, cols, device=device, dtype=dtype)
+    vector = torch.randn(cols, 1, device=device, dtype=dtype)
+    times = times_ms(lambda: matrix @ vector, repeats=repeats, warmup=2, device=device)
+    rates = sorted(matrix.nbytes / (t / 1e3) for t in times)
+    q = statistics.quantiles(rates, n=4) if len(rates) > 1 else rates * 3
+    return {"bytes_per_s": statistics.median(rates), "q1": q[0], "q3": q[2], "matrix_bytes": matrix.nbytes}

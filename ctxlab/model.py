@@ -46,7 +46,9 @@ class CausalSelfAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if pos.cos is not None:  # RoPE; with ALiBi the positions enter as ``pos.bias`` instead
-            q, k = apply_rope(q, pos.cos, pos.sin), apply_rope(k, pos.cos, pos.sin)
+            q = apply_rope(q, pos.cos, pos.sin)
+            if cache is None or not cache.rotates_keys:  # a sliding window rotates k by its slot
+                k = apply_rope(k, pos.cos, pos.sin)
         if cache is not None:  # decode: append this step's k/v and attend over everything cached
             k, v = cache.append(k, v)
         if self.checkpoint_core and torch.is_grad_enabled():
@@ -146,6 +148,8 @@ class GPT(nn.Module):
         ``positions`` is (T,) or (B, T); ``mask`` a bool (B|1, 1, T, T) mask (packed documents). With
         ``loss_chunk`` set and targets given, logits are None: not keeping them is the point.
         """
+        if cache is not None:
+            cache.make_room(tokens.shape[-1])  # a sliding window evicts before positions are assigned
         t = self._check_length(tokens, cache)
         x = self.embed(tokens)
         pos = self.encode_positions(positions, t, x.dtype, mask, cache)

@@ -14,6 +14,7 @@ SWEEPS = {
     "memory": "largest trainable context under a memory budget per technique",
     "positions": "passkey accuracy and loss by position past the trained length, per RoPE scaling",
     "recurrent": "an LSTM beside the GPT: recall by distance, gradients by distance, time per token",
+    "serving": "the decode roofline; quantised, windowed and shared KV caches; chunked prefill",
 }
 
 

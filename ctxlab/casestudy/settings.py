@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ATTENTION_BACKENDS, STATIC_SCALINGS, ModelConfig, positive_int, require, with_positions
-from ..tasks import DialogueSpec, min_length
+from ..tasks import DialogueSpec, distance_bins, min_length
 from ..tasks import dialogue_batches as dialogue_task_batches
 
 
@@ -94,10 +94,3 @@ def extended_config(s: Settings, seq_len: int, scaling: str | None = None) -> Mo
 def dialogue_batches(s: Settings, batch: int, seq_len: int, seed: int):
     """step -> (tokens, targets) of the run's dialogues; each step's batch depends only on (seed, step)."""
     return dialogue_task_batches(batch, seq_len, seed, spec_of(s))
-
-
-def distance_bins(train_len: int, seq_len: int) -> list[tuple[int, int]]:
-    """Bins [0, T/2), [T/2, T), [T, 2T), [2T, 4T), ... cut to the distances a ``seq_len`` dialogue can hold."""
-    top = seq_len - min_length(0)
-    edges = [0, train_len // 2] + [train_len * 2 ** i for i in range(0, 8)]
-    return [(a, min(b, top + 1)) for a, b in zip(edges, edges[1:]) if a <= top]

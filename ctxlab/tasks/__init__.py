@@ -11,10 +11,11 @@ numpy's generator, the other two from torch's; each is fixed by the stored resul
 from __future__ import annotations
 
 from ..config import IGNORE
-from .dialogue import ASK, BOT, KEYS, USER, DialogueSpec, dialogue_batch, dialogue_batches, make_dialogue, min_length
+from .dialogue import (ASK, BOT, KEYS, USER, DialogueSpec, dialogue_batch, dialogue_batches, distance_bins,
+                       make_dialogue, min_length)
 from .markov import markov_batches
 from .passkey import FACTOR, MARK, TRAIN_LEN, VOCAB_SIZE, PasskeyBatch, language_batch, passkey_batch, passkey_batches
 
-__all__ = ["IGNORE", "ASK", "BOT", "KEYS", "USER", "DialogueSpec", "dialogue_batch", "dialogue_batches", "make_dialogue", "min_length",
+__all__ = ["IGNORE", "ASK", "BOT", "KEYS", "USER", "DialogueSpec", "dialogue_batch", "dialogue_batches", "distance_bins", "make_dialogue", "min_length",
            "markov_batches", "FACTOR", "MARK", "TRAIN_LEN", "VOCAB_SIZE", "PasskeyBatch", "language_batch",
            "passkey_batch", "passkey_batches"]

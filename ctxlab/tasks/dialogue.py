@@ -155,3 +155,10 @@ def dialogue_batches(batch_size: int, seq_len: int, seed: int,
         return tokens, targets
 
     return get_batch
+
+
+def distance_bins(train_len: int, seq_len: int) -> list[tuple[int, int]]:
+    """Bins [0, T/2), [T/2, T), [T, 2T), [2T, 4T), ... cut to the distances a ``seq_len`` dialogue can hold."""
+    top = seq_len - min_length(0)
+    edges = [0, train_len // 2] + [train_len * 2 ** i for i in range(0, 8)]
+    return [(a, min(b, top + 1)) for a, b in zip(edges, edges[1:]) if a <= top]
