@@ -28,6 +28,7 @@ from .flops import (attention_flops_per_token, attention_intensity, count_flops,
 from .attention_io import naive_attention_io, tile_intensity, tile_sizes, tiled_attention_io
 from .memory_model import (apply_techniques, count_params, filled_cache_bytes, max_context, measure_step_memory,
                            predict_step_memory)
+from .model_states import model_state_bytes
 from .serving import crossover_context, decode_bytes, decode_flops, predicted_step_ms, prefill, weight_bytes_read
 # running ranks, and printing results
 from .parallel import launch
@@ -56,5 +57,5 @@ __all__ = ["gpu_results", "book_folder", "IGNORE", "ModelConfig", "reference_con
            "training_flops_per_token", "naive_attention_io",
            "tile_intensity", "tile_sizes", "tiled_attention_io", "apply_techniques",
            "count_params", "filled_cache_bytes", "max_context", "measure_step_memory", "predict_step_memory",
-           "crossover_context", "decode_bytes", "decode_flops", "predicted_step_ms", "prefill", "weight_bytes_read",
+           "model_state_bytes", "crossover_context", "decode_bytes", "decode_flops", "predicted_step_ms", "prefill", "weight_bytes_read",
            "launch", "format_table", "report_errors", "default_device"]

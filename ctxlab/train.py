@@ -276,7 +276,7 @@ def train_single(cfg: ModelConfig, tokens: Tensor, targets: Tensor, steps: int =
                  seed: int = 0) -> dict:
     """The reference every parallel run is tested against: one process, the whole global batch, AdamW.
 
-    Returns the loss of every step and the first step's gradients, by parameter name."""
+    Returns the loss of every step, the first step's gradients and the final weights, by parameter name."""
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
     check_token_batch(tokens, targets)
@@ -293,4 +293,5 @@ def train_single(cfg: ModelConfig, tokens: Tensor, targets: Tensor, steps: int =
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    return {"losses": losses, "grads": grads}
+    final = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return {"losses": losses, "grads": grads, "final": final}

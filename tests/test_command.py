@@ -17,6 +17,7 @@ BAD = [
     (["ctxlab.bench", "ring", "--world-size", "0"], "--world-size"),
     (["ctxlab.bench", "stability", "--seeds", "0"], "seeds"),
     (["ctxlab.bench", "serving", "--samples", "0"], "samples"),
+    (["ctxlab.bench", "zero", "--offload", "disk"], "offload"),
     (["ctxlab.extend", "train", "--steps", "0"], "--steps"),
     (["ctxlab.extend", "train", "--out", "/proc/nope"], "--out"),
     (["ctxlab.casestudy", "--quick", "--out", "/proc/nope"], "--out"),

@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "model": 3, "recurrent": 3, "hf_weights": 3,
     # 4 training, evaluation and cost models
     "train": 4, "evaluate": 4, "flops": 4, "attention_io": 4, "memory_model": 4, "planner": 4, "latency": 4,
-    "serving": 4,
+    "serving": 4, "model_states": 4,
     # 5 parallelism
     "parallel": 5,
     # 6 benchmarks and adapters to torch-native APIs

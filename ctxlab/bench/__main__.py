@@ -9,6 +9,7 @@ SWEEPS = {
     "causal_skip": "chunked attention with and without skipping future key blocks: FLOPs and time",
     "clipping": "gradient clipping rules compared; a long-context run with and without clipping",
     "stability": "attention-logit growth at a high learning rate: QK-norm, length warmup, clipping",
+    "zero": "ZeRO stages 0-3 per rank beside one process, ZeroRedundancyOptimizer and FSDP2",
     "ring": "ring attention over P ranks: exactness, per-rank memory and work, bytes sent",
     "pipeline": "GPipe and 1F1B on p ranks: step time, bubble measured vs (p-1)/(m+p-1)",
     "memory": "largest trainable context under a memory budget per technique",
