@@ -20,8 +20,15 @@ file only adapts it to settings that model does not have, and each adaptation is
 - **inference**: weights in the training precision plus a KV cache of T tokens; with P ranks the cache
   is split along the sequence and with p stages along the layers. Decode activations are O(width)
   per token and are left out.
-- nothing else is counted: no CUDA context, allocator fragmentation, communication buffers or
-  data-parallel/ZeRO sharding. Leave a margin of a few GiB.
+- **ZeRO** (``zero_stage`` 1-3, Rajbhandari et al. 2020) shards the model states over ``zero_ranks``
+  ranks that each hold the whole model (by default the context-parallel ranks, as in EasyContext):
+  :func:`~ctxlab.model_states.model_state_bytes`. At stage 3 a rank also holds, while a block runs,
+  that block's whole weights and gradients and the embedding, head and final norm (gathered for the
+  whole step, as ``ctxlab.parallel.zero`` does): the "gathered" part. ``offload`` moves the optimizer's
+  states (with the gradient slices) and, at stage 3, the weights' slices to host memory, whose size and
+  PCIe time are not checked.
+- nothing else is counted: no CUDA context, allocator fragmentation, communication or prefetch
+  buffers, host memory. Leave a margin of a few GiB.
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ from .hf_config import SHIPPED_MODELS
 from .flops import matmul_params, training_flops_per_token
 from .kvcache import kv_cache_bytes_per_token
 from .memory_model import apply_techniques, count_params, predict_step_memory
+from .model_states import STATE_BYTES, check_zero, model_state_bytes, offloaded_parts
 from .search import largest_fitting
 
 GIB = 2**30
@@ -49,10 +57,8 @@ PRESETS: dict[str, ModelConfig] = {
 TECHNIQUE_FLAGS = {"flash": "efficient_attention", "checkpoint": "checkpointing", "chunked-loss": "chunked_loss"}
 
 # bytes per parameter of each model state, and per activation element
-PRECISIONS: dict[str, dict[str, int]] = {
-    "fp32": {"weights": 4, "master weights": 0, "gradients": 4, "optimizer": 8, "activation": 4},
-    "bf16": {"weights": 2, "master weights": 4, "gradients": 2, "optimizer": 8, "activation": 2},
-}
+PRECISIONS: dict[str, dict[str, int]] = {name: {**STATE_BYTES[name], "activation": {"fp32": 4, "bf16": 2}[name]}
+                                         for name in STATE_BYTES}
 
 
 def custom_model(layers: int, width: int, heads: int, kv_heads: int | None = None, vocab: int = 32000,
@@ -80,13 +86,17 @@ class ContextPlan:
     kv_tokens: int  # tokens the KV cache can hold at inference, over all P ranks
     kv_bytes_per_token: int  # for the whole model (all layers)
     inference_breakdown: dict[str, int] = field(default_factory=dict)
+    host_bytes: int = 0  # model states offloaded to each rank's host memory (not in the breakdown's total)
 
     def summary(self) -> str:
         """Two lines a reader can compare: largest trainable T and inference KV budget."""
         train = (f"largest trainable context {self.train_context:,} tokens" if self.train_context
                  else "training does not fit: the model states alone exceed the memory")
+        host = f"\nhost memory per rank for offloaded states: {self.host_bytes / GIB:,.1f} GiB (not checked)" \
+            if self.host_bytes else ""
         return (f"{self.params / 1e6:,.0f}M params, {self.memory_bytes / GIB:g} GiB, {self.precision}: {train}\n"
-                f"inference KV cache: {self.kv_tokens:,} tokens ({self.kv_bytes_per_token / 2**10:,.1f} KiB per token)")
+                f"inference KV cache: {self.kv_tokens:,} tokens ({self.kv_bytes_per_token / 2**10:,.1f} KiB per token)"
+                + host)
 
 
 def resolve_model(model: str | ModelConfig) -> ModelConfig:
@@ -103,13 +113,15 @@ def resolve_model(model: str | ModelConfig) -> ModelConfig:
 def plan_context(model: str | ModelConfig = "gpt-110m", memory_gib: float = 80, precision: str = "bf16", *,
                  checkpointing: bool = False, efficient_attention: bool = False, chunked_loss: bool = False,
                  kv_heads: int | None = None, context_ranks: int = 1, pipeline_stages: int = 1,
-                 granularity: int = 64) -> ContextPlan:
+                 granularity: int = 64, zero_stage: int = 0, offload: tuple[str, ...] = (),
+                 zero_ranks: int | None = None) -> ContextPlan:
     """The largest trainable context and the inference KV budget of ``model`` on ``memory_gib`` GiB per GPU.
 
     ``efficient_attention`` uses the chunked (flash-style) backend, otherwise the naive one that stores
     T x T probabilities; ``checkpointing`` recomputes every block; ``chunked_loss`` computes the loss over
-    1024 tokens at a time; ``kv_heads`` sets grouped-query attention. See the module docstring for
-    what is assumed about precision, context-parallel ranks and pipeline stages.
+    1024 tokens at a time; ``kv_heads`` sets grouped-query attention; ``zero_stage``, ``offload`` and
+    ``zero_ranks`` shard and offload the model states. See the module docstring for what is assumed
+    about precision, context-parallel ranks, pipeline stages and ZeRO.
     """
     cfg = resolve_model(model)
     if not isinstance(memory_gib, (int, float)) or isinstance(memory_gib, bool) or not memory_gib > 0:
@@ -123,6 +135,8 @@ def plan_context(model: str | ModelConfig = "gpt-110m", memory_gib: float = 80, 
     ranks = positive_int("context_ranks", context_ranks)
     stages = positive_int("pipeline_stages", pipeline_stages)
     g = positive_int("granularity", granularity)
+    offload = check_zero(zero_stage, offload)
+    shards = positive_int("zero_ranks", zero_ranks) if zero_ranks is not None else ranks
     if cfg.n_layers % stages:
         raise ValueError(f"pipeline_stages must divide n_layers={cfg.n_layers} (equal stages), got {stages}")
     if kv_heads is not None:
@@ -138,7 +152,11 @@ def plan_context(model: str | ModelConfig = "gpt-110m", memory_gib: float = 80, 
     prec = PRECISIONS[precision]
 
     n_stage = count_params(stage)
-    states = {part: n_stage * prec[part] for part in ("weights", "master weights", "gradients", "optimizer")}
+    sharded = model_state_bytes(n_stage, zero_stage, shards, precision, offload)
+    on_host = offloaded_parts(zero_stage, offload, precision)
+    states = {part: 0 if part in on_host else int(sharded[part]) for part in STATE_BYTES[precision]}
+    if zero_stage == 3:  # whole while in use: one block, and the embedding, head and final norm
+        states["gathered"] = count_params(stage.replace(n_layers=1)) * (prec["weights"] + prec["gradients"])
 
     def train_bytes(t_local: int) -> dict[str, int]:
         """Bytes on the heaviest device when each rank holds t_local tokens."""
@@ -165,7 +183,7 @@ def plan_context(model: str | ModelConfig = "gpt-110m", memory_gib: float = 80, 
     return ContextPlan(model=cfg, params=count_params(cfg), memory_bytes=budget, precision=precision,
                        train_context=lo * ranks, train_breakdown=train_breakdown, kv_tokens=kv_local * ranks,
                        kv_bytes_per_token=kv_cache_bytes_per_token(cfg, prec["weights"]),
-                       inference_breakdown=inference)
+                       inference_breakdown=inference, host_bytes=int(sharded["host"]))
 
 
 def prefill_flops(cfg: ModelConfig, seq_len: int) -> float:
@@ -224,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--techniques", default="", help=f"comma-separated, from {', '.join(TECHNIQUE_FLAGS)}")
     parser.add_argument("--context-ranks", type=int, default=1, help="context-parallel ranks P")
     parser.add_argument("--pipeline", type=int, default=1, help="pipeline stages p")
+    parser.add_argument("--zero", type=int, default=0, help="ZeRO stage 0-3 (shards the model states)")
+    parser.add_argument("--zero-ranks", type=int, default=None, help="ranks ZeRO shards over (default: P)")
+    parser.add_argument("--offload", default="", help="comma-separated, from optimizer,params (ZeRO >= 1)")
     args = parser.parse_args(argv)
     chosen = [t for t in args.techniques.split(",") if t]
     unknown = sorted(set(chosen) - set(TECHNIQUE_FLAGS))
@@ -231,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--techniques must be among {', '.join(TECHNIQUE_FLAGS)}, got {', '.join(unknown)}")
     try:
         plan = plan_context(args.model, args.gpu_gib, args.precision, context_ranks=args.context_ranks,
-                            pipeline_stages=args.pipeline, **{TECHNIQUE_FLAGS[t]: True for t in chosen})
+                            pipeline_stages=args.pipeline, zero_stage=args.zero, zero_ranks=args.zero_ranks,
+                            offload=args.offload, **{TECHNIQUE_FLAGS[t]: True for t in chosen})
     except (ValueError, TypeError) as err:
         parser.error(str(err))
     print(plan.summary())

@@ -188,3 +188,37 @@ def test_planner_command_prints_its_figures_last():
     bad = subprocess.run([sys.executable, "-m", "ctxlab.planner", "--techniques", "flash,magic"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "magic" in bad.stderr
+
+
+def test_zero_shards_the_states_and_easycontext_fits():
+    every = dict(efficient_attention=True, checkpointing=True, chunked_loss=True, context_ranks=8)
+    plans = [plan_context("llama-2-7b", 80, "bf16", zero_stage=s, **every) for s in range(4)]
+    states = [p.train_breakdown["total"] - p.train_breakdown["activations"] for p in plans]
+    assert states == sorted(states, reverse=True) and plans[0].train_context == 0 < plans[3].train_context
+    n = count_params(PRESETS["llama-2-7b"])
+    assert plans[1].train_breakdown["optimizer"] == 8 * n // 8 and plans[1].train_breakdown["weights"] == 2 * n
+    # EasyContext: Llama-2-7B at 700K tokens on 8 A100-80GB, ZeRO-3 with the optimizer and weights offloaded
+    easy = plan_context("llama-2-7b", 80, "bf16", zero_stage=3, offload=("optimizer", "params"), **every)
+    assert 0.5 < easy.train_context / 700_000 < 2 and easy.host_bytes == 16 * n // 8
+    assert "host memory" in easy.summary()
+    wider = plan_context("llama-2-7b", 80, "bf16", zero_stage=3, zero_ranks=64, **every)
+    assert wider.train_context > plans[3].train_context  # more ranks to shard over
+
+
+@pytest.mark.parametrize("changes,match", [(dict(zero_stage=4), "zero_stage"),
+                                           (dict(offload=("optimizer",)), "zero_stage >= 1"),
+                                           (dict(zero_stage=1, offload=("params",)), "zero_stage 3"),
+                                           (dict(zero_stage=1, zero_ranks=0), "zero_ranks")])
+def test_zero_settings_are_checked(changes, match):
+    with pytest.raises(ValueError, match=match):
+        plan_context("llama-2-7b", 80, "bf16", **changes)
+
+
+def test_planner_command_takes_zero_and_offload(capsys):
+    from ctxlab.planner import main
+
+    main(["--model", "llama-2-7b", "--techniques", "flash,checkpoint,chunked-loss", "--context-ranks", "8",
+          "--zero", "3", "--offload", "optimizer,params"])
+    out = capsys.readouterr().out
+    assert 350_000 < int(out.strip().splitlines()[-1].split("max_train_context=")[1].split()[0]) < 1_400_000
+    assert "host memory per rank" in out
