@@ -23,7 +23,9 @@ from ..config import ModelConfig, positive_int, reference_config
 from ..parallel.bubble import SCHEDULES, bubble_measured, bubble_theory, replay, simulate, step_time
 from ..parallel.events import peak_held
 from ..parallel.launch import launch
-from ..parallel.pipeline import pipeline_worker, stage_bounds
+from ..measure import bytes_alive_after
+from ..model import GPT
+from ..parallel.pipeline import Stage, pipeline_worker, stage_bounds
 from . import format_table
 
 
@@ -158,3 +160,17 @@ def main(argv: list[str] | None = None) -> None:
         print("with each op's own time / each stage's median op times, nothing between ops; held = peak micro-batches")
         print("of activations per stage; last line: the 1F1B run")
         print(f"bubble_measured={one_f_one_b['bubble']:.4f} bubble_theory={one_f_one_b['theory']:.4f}")
+
+
+def saved_per_stage(cfg: ModelConfig, stages: int = 2, micro_batch: int = 2, seq_len: int = 128,
+                    micro_batches: int = 8) -> dict:
+    """What 1F1B's first stage keeps for backward at its peak, beside one process: the micro-batches it
+    holds at once (from the schedule the ranks walk), the bytes one micro-batch's forward through that
+    stage leaves saved, and the bytes one micro-batch's forward through the whole model leaves saved."""
+    torch.manual_seed(0)
+    model = GPT(cfg.replace(max_seq_len=max(cfg.max_seq_len, seq_len)))
+    tokens = torch.randint(cfg.vocab_size, (micro_batch, seq_len), generator=torch.Generator().manual_seed(1))
+    first = Stage(model, 0, stages)
+    return {"held": [peak_held(e) for e in simulate("1f1b", stages, micro_batches)],
+            "stage_bytes": bytes_alive_after(lambda: first(tokens)),
+            "whole_bytes": bytes_alive_after(lambda: model(tokens)[0])}
