@@ -37,8 +37,9 @@ test: $(STAMP) browserdeps
 	$(MAKE) unit
 	$(MAKE) nbval
 
+# Two test workers, one per core, one thread each: more threads than cores only makes them wait on each other.
 unit: $(STAMP) browserdeps
-	$(PY) -m pytest -q -n 2 tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 tests
 
 # Two notebooks run at once, one per core; one thread each keeps their timings free of oversubscription.
 # The stored outputs are written with the CPU's native kernels (make execute); nbval checks them under
