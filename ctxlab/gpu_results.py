@@ -93,10 +93,22 @@ def _latency(rows: list[dict]) -> str:
     return format_table(rows, ["context", "prefill_ms", "decode_ms_per_token", "kv_cache_bytes"])
 
 
+def _decode(v: dict) -> str:
+    return (format_table(v["rows"], ["context", "ms", "ms_q1", "ms_q3", "predicted_ms"])
+            + f"\nT_x predicted {v['crossover_predicted']:,.0f}, measured {v['crossover_measured']:,.0f}; "
+            f"read bandwidth {v['bandwidth']['bytes_per_s'] / 1e9:,.0f} GB/s")
+
+
+def _zero(v: dict) -> str:
+    return format_table(v["rows"], ["impl", "stage", "offload", "loss_err", "states_bytes", "step_ms",
+                                    "host_traffic_bytes"])
+
+
 FORMATS: dict[str, Callable] = {"matmul_peak": _matmul, "attention": _attention, "attention_speed": _speed,
                                 "max_context_reference": _max_context,
                                 "max_context_110m": _max_context, "throughput_110m": _throughput,
-                                "parallel": _parallel, "casestudy_latency": _latency}
+                                "parallel": _parallel, "casestudy_latency": _latency,
+                                "decode_roofline": _decode, "zero_offload": _zero}
 
 
 def report(names: list[str], path: str | Path | None = None, allow_dry_run: bool = False) -> str:

@@ -103,6 +103,29 @@ def serving_latency(device: str, dtype: torch.dtype, lengths: list[int], decode_
     return context_latency(model, prompt, lengths, decode_tokens)
 
 
+def decode_roofline_check(device: str, dtype: torch.dtype, dry_run: bool) -> dict:
+    """Chapter 8b's decode roofline: on a GPU eight of Llama-3-8B's layers to 128K cached tokens."""
+    from .bench.decode import decode_roofline, decode_setup
+    from .config import ModelConfig
+
+    if dry_run:
+        cfg, contexts = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=256), (64, 128)
+        return decode_roofline(cfg, contexts, rounds=2, steps=2, device=device, dtype=dtype)
+    return decode_roofline(*decode_setup(device), device=device, dtype=dtype)
+
+
+def zero_offload_check(dry_run: bool) -> dict:
+    """Chapter 4b's ZeRO-3 on one rank (NCCL on a GPU) with and without offload, beside FSDP2: step times
+    and the bytes that crossed between host and device, so their ratio is the link's effective rate."""
+    from .bench.zero import zero_sweep
+    from .config import ModelConfig
+
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32) if dry_run else \
+        model_110m(max_seq_len=512)
+    runs = (("ours", 0, ()), ("ours", 3, ()), ("ours", 3, ("optimizer", "params")), ("torch", 3, ()))
+    return zero_sweep(1, cfg, steps=3 if dry_run else 5, batch=2, seq_len=16 if dry_run else 512, runs=runs)
+
+
 ALL_TECHNIQUES = dict(attention="sdpa", checkpoint_every=1, loss_chunk=4096, mlp_chunk=4096)
 
 
@@ -135,6 +158,8 @@ def sections(dry_run: bool, device: str) -> dict[str, Callable[[], object]]:
         "parallel": lambda: parallel_checks(device),
         "casestudy_latency": lambda: serving_latency(device, dtype, [64, 128] if dry_run else
                                                      [512, 2048, 8192, 32768], 4 if dry_run else 32),
+        "decode_roofline": lambda: decode_roofline_check(device, dtype, dry_run),
+        "zero_offload": lambda: zero_offload_check(dry_run),
     }
 
 

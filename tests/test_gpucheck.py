@@ -47,7 +47,7 @@ def test_the_whole_dry_run_from_the_command_line(tmp_path):
     gpucheck.validate(data)
     assert data["dry_run"] is True and data["device"]
     for name in ("matmul_peak", "attention", "attention_speed", "max_context_reference", "max_context_110m",
-                 "throughput_110m", "parallel", "casestudy_latency"):
+                 "throughput_110m", "parallel", "casestudy_latency", "decode_roofline", "zero_offload"):
         assert data["sections"][name]["error"] is None, (name, data["sections"][name]["error"])
     ctx = data["sections"]["max_context_reference"]["value"]
     assert ctx["largest_fitting_T"] == 64 and ctx["stopped_by"] == "limit"

@@ -223,3 +223,16 @@ def test_fit_line_and_a_tiny_roofline(small_config):
     assert r["crossover_predicted"] == pytest.approx(crossover_context(small_config()))
     with pytest.raises(ValueError, match="two"):
         fit_line([1], [2])
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(mode="int4"), "mode must be one of"), (dict(group=0), "group"),
+                                          (dict(max_len=0), "max_len")])
+def test_quantised_cache_bad_arguments(small_config, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        QuantizedKVCache(small_config(), 1, **{"max_len": 8, **kwargs})
+
+
+def test_quantised_cache_refuses_to_overflow(model):
+    cache = QuantizedKVCache(model.cfg, 2, 8, "kivi", group=4)
+    with pytest.raises(ValueError, match="max_len=8"):
+        prefill(model, tokens(n=9), cache)
