@@ -25,7 +25,7 @@ from ..config import ModelConfig, check_token_batch, positive_int
 from ..memory_model import count_params
 from ..model import GPT
 from ..model_states import check_zero, model_state_bytes
-from ..parallel.ddp import split_batch
+from ..parallel.ddp import mean_over_ranks, split_batch
 from ..parallel.launch import launch, rank_device
 from ..parallel.zero import ZeroDataParallel
 from ..train import train_single
@@ -101,9 +101,7 @@ def zero_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor, ta
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - t0)
-            total = loss.detach().clone()
-            dist.all_reduce(total)
-            losses.append(total.item() / world_size)
+            losses.append(mean_over_ranks(loss))
         traffic = getattr(model, "host_traffic_bytes", 0)  # the steps' own, before the gather below
         if impl == "ours" and stage == 3:  # gather every block once more to read the final weights
             for i in range(len(model.units)):

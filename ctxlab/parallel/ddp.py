@@ -88,6 +88,13 @@ class DataParallel(nn.Module):
         self.launch_times = []  # it describes one step: read it before this call
 
 
+def mean_over_ranks(value: Tensor, group: dist.ProcessGroup | None = None) -> float:
+    """The mean of a scalar over every rank (each rank's loss of its slice gives the global batch's)."""
+    total = value.detach().clone()
+    dist.all_reduce(total, group=group)
+    return total.item() / dist.get_world_size(group)
+
+
 def split_batch(tokens: Tensor, rank: int, world_size: int) -> Tensor:
     """This rank's contiguous slice of the global batch (dimension 0)."""
     if tokens.shape[0] % world_size:
@@ -140,9 +147,7 @@ def ddp_train_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tenso
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-        global_loss = loss.detach().clone()
-        dist.all_reduce(global_loss)
-        losses.append(global_loss.item() / world_size)
+        losses.append(mean_over_ranks(loss))
     n_buckets = len(model.buckets) if impl == "ours" else None
     return {"losses": losses, "grads": grads, "step_s": times, "buckets": n_buckets, "overlapped": overlapped}
 
