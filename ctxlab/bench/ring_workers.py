@@ -15,6 +15,7 @@ from ..measure import measure_peak
 from ..parallel.launch import rank_device
 from ..parallel.ring import RingStats, ring_attention
 from ..parallel.sharding import shard
+from ..parallel.ulysses import ulysses_attention
 from ..search import search
 
 _GROUPS: dict[int, object] = {}
@@ -41,9 +42,10 @@ def _inputs(seq_len: int, batch: int, heads: int, kv_heads: int, head_dim: int, 
 
 def exactness_worker(rank: int, world_size: int, runs: list[tuple[int, bool, bool, int]], batch: int = 1,
                      heads: int = 4, kv_heads: int = 2, head_dim: int = 16,
-                     dtype: torch.dtype = torch.float32) -> list[dict]:
-    """For each run (P, causal, zigzag, T): this rank's max |ring - full| of the output and of dQ, dK, dV,
-    its work per step and the bytes it sent. The reference is torch's SDPA over the whole sequence here."""
+                     dtype: torch.dtype = torch.float32, method: str = "ring") -> list[dict]:
+    """For each run (P, causal, zigzag, T): this rank's max |ring - full| (or Ulysses', ``method``) of the
+    output and of dQ, dK, dV, the ring's work per step and the bytes sent. The reference is torch's SDPA
+    over the whole sequence here."""
     device = rank_device()
     rows = []
     for seed, (size, causal, zigzag, seq_len) in enumerate(runs):
@@ -54,24 +56,32 @@ def exactness_worker(rank: int, world_size: int, runs: list[tuple[int, bool, boo
             ref = sdpa_attention(*full, causal=causal)
             ref.backward(dout)
             local = [shard(t, rank, size, zigzag, dim=2).requires_grad_() for t in (q, k, v)]
-            stats = RingStats()
-            out = ring_attention(*local, causal=causal, zigzag=zigzag, group=group, stats=stats)
+            stats = RingStats() if method == "ring" else {}
+            if method == "ring":
+                out = ring_attention(*local, causal=causal, zigzag=zigzag, group=group, stats=stats)
+            else:
+                out = ulysses_attention(*local, causal=causal, zigzag=zigzag, group=group, stats=stats)
             out.backward(shard(dout, rank, size, zigzag, dim=2))
 
             def err(mine: torch.Tensor, whole: torch.Tensor) -> float:
                 return (mine.detach() - shard(whole.detach(), rank, size, zigzag, dim=2)).abs().max().item()
 
-            rows.append({"P": size, "causal": causal, "zigzag": zigzag, "T": seq_len, "rank": rank,
+            sizes = {"kv_block_bytes": local[1].numel() * local[1].element_size(),
+                     "q_block_bytes": local[0].numel() * local[0].element_size()}
+            counts = {"work": stats.work, "forward_bytes": stats.forward_bytes, "backward_bytes": stats.backward_bytes} \
+                if method == "ring" else {"bytes_sent": stats.get("bytes_sent", 0)}
+            rows.append({"method": method, "P": size, "causal": causal, "zigzag": zigzag, "T": seq_len, "rank": rank,
                          "err_out": err(out, ref), **{f"err_d{n}": err(m.grad, w.grad) for n, m, w in zip("qkv", local, full)},
-                         "work": stats.work, "forward_bytes": stats.forward_bytes,
-                         "backward_bytes": stats.backward_bytes, "kv_block_bytes": local[1].numel() * local[1].element_size()})
+                         **counts, **sizes})
         dist.barrier()
     return rows
 
 
-def training_step_worker(rank: int, world_size: int, runs: list[tuple[int, bool]], seed: int = 0) -> list[dict]:
+def training_step_worker(rank: int, world_size: int, runs: list[tuple[int, bool]], seed: int = 0,
+                         method: str = "ring") -> list[dict]:
     """For each run (P, zigzag): one training step of a small reference GPT on T = 8P tokens split over P
-    ranks vs the same step on the whole sequence in this process: |loss difference|, max |gradient difference|."""
+    ranks (ring or Ulysses, ``method``) vs the same step on the whole sequence in this process:
+    |loss difference|, max |gradient difference|."""
     from ..config import reference_config
     from ..model import GPT
     from ..parallel.context import context_parallel_step
@@ -83,7 +93,9 @@ def training_step_worker(rank: int, world_size: int, runs: list[tuple[int, bool]
         if rank < size:
             seq_len = 8 * size
             torch.manual_seed(seed)
-            cfg = reference_config(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=seq_len)
+            kv_heads = max(2, size) if method == "ulysses" else 2  # Ulysses: P must divide the K/V heads
+            cfg = reference_config(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=kv_heads,
+                                   max_seq_len=seq_len)
             model = GPT(cfg).to(device)
             seq = torch.randint(0, 64, (2, seq_len + 1), generator=torch.Generator().manual_seed(seed)).to(device)
             tokens, targets = seq[:, :-1], seq[:, 1:].clone()
@@ -93,7 +105,7 @@ def training_step_worker(rank: int, world_size: int, runs: list[tuple[int, bool]
             loss_full.backward()
             full_grads = [p.grad.clone() for p in model.parameters()]
             model.zero_grad()
-            loss = context_parallel_step(model, tokens, targets, group=group, zigzag=zigzag)
+            loss = context_parallel_step(model, tokens, targets, group=group, zigzag=zigzag, method=method)
             rows.append({"P": size, "zigzag": zigzag, "rank": rank, "loss": loss.item(),
                          "loss_err": abs(loss.item() - loss_full.item()),
                          "grad_err": max((p.grad - g).abs().max().item() for p, g in zip(model.parameters(), full_grads)),
@@ -165,7 +177,9 @@ def budget_worker(rank: int, world_size: int, budget_bytes: int, sizes: list[int
 
 
 JOBS = {"exact": exactness_worker, "train": training_step_worker, "bad": bad_input_worker,
-        "memory": memory_worker, "budget": budget_worker}
+        "memory": memory_worker, "budget": budget_worker,
+        # the same checks for Ulysses (pass method="ulysses" last), in float32 and float64
+        "ulysses_exact": exactness_worker, "ulysses_exact64": exactness_worker, "ulysses_train": training_step_worker}
 
 
 def jobs_worker(rank: int, world_size: int, jobs: dict[str, tuple]) -> dict:
