@@ -42,10 +42,10 @@ def decode_bytes(cfg: ModelConfig, context: int, batch: int = 1, bytes_per_eleme
 
 
 def decode_flops(cfg: ModelConfig, context: int, batch: int = 1) -> int:
-    """FLOPs of one decode step: 2 per matrix weight per sequence, and per layer 4 T d_head H for the
-    scores and the weighted sum over the T positions attended (the cached ones and the new token)."""
+    """FLOPs of one decode step with ``context`` tokens cached (as in ``decode_bytes``): 2 per matrix weight
+    per sequence, and per layer 4 d_head H for each position attended (the cached ones and the new token)."""
     positive_int("context", context), positive_int("batch", batch)
-    attention = 4 * context * cfg.head_dim * cfg.n_heads * cfg.n_layers
+    attention = 4 * (context + 1) * cfg.head_dim * cfg.n_heads * cfg.n_layers
     return batch * (2 * matmul_params(cfg) + attention)
 
 
@@ -75,6 +75,6 @@ def prefill(model: GPT, tokens: Tensor, cache, chunk: int | None = None, all_log
     kept = []
     for i in range(0, tokens.shape[1], step):
         logits, _ = model(tokens[:, i:i + step], cache=cache)
-        kept.append(logits if all_logits else logits[:, -1:])
+        kept.append(logits if all_logits else logits[:, -1:].clone())  # a view would keep the chunk's logits
         del logits
     return torch.cat(kept, dim=1) if all_logits else kept[-1]
