@@ -67,5 +67,7 @@ def model_state_bytes(params: int, zero_stage: int = 0, ranks: int = 1, precisio
     per = STATE_BYTES[precision]
     sharded_from = {"weights": 3, "master weights": 1, "gradients": 2, "optimizer": 1}
     parts = {part: params * per[part] / (ranks if zero_stage >= sharded_from[part] else 1) for part in per}
+    if precision == "fp32" and "optimizer" in offload and zero_stage in (1, 2):
+        parts["master weights"] = params * 4 / ranks  # the host steps its own fp32 copy of the slice
     host = sum(parts[p] for p in offloaded_parts(zero_stage, offload, precision))
     return {**parts, "device": sum(parts.values()) - host, "host": host}

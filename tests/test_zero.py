@@ -8,20 +8,27 @@ from ctxlab.memory_model import count_params
 from ctxlab.model_states import check_zero, model_state_bytes
 from ctxlab.parallel.zero import check_devices, shard_size
 
-CFG = ModelConfig(vocab_size=63, d_model=32, n_layers=2, n_heads=2, max_seq_len=32)  # odd sizes: padded slices
+CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32)  # on 3 ranks: padded slices
 RUNS = (("ours", 0, ()), ("ours", 1, ()), ("ours", 2, ()), ("ours", 3, ()), ("torch", 1, ()), ("torch", 3, ()),
         ("ours", 2, ("optimizer",)), ("ours", 3, ("optimizer", "params")))
 
 
 def test_every_stage_equals_one_process_and_holds_what_the_formula_says():
     """One launch (the test's costliest part) for every check of the runs themselves."""
-    sweep = zero_sweep(2, CFG, steps=5, batch=4, seq_len=16, runs=RUNS)
+    # two backward passes a step: slices of gradients must accumulate like whole ones
+    sweep = zero_sweep(3, CFG, steps=5, batch=6, seq_len=16, runs=RUNS, micro_batches=2)
     assert sweep["losses"][-1] < sweep["losses"][0]  # the five steps train
+    replicated = next(r for r in sweep["rows"] if (r["impl"], r["stage"]) == ("ours", 0))
     for row in sweep["rows"]:
-        assert row["loss_err"] < 1e-6 and row["weight_err"] < 1e-6, row
+        # fp32, 5 AdamW steps: the losses agree to 1e-6; the weights as closely as replicated data
+        # parallelism's do (summing over 3 ranks and 2 micro-batches in another order than one process,
+        # which Adam's division by the root of the second moment magnifies to a few 1e-6)
+        assert row["loss_err"] < 1e-6 and row["weight_err"] < max(1e-6, 2 * replicated["weight_err"]), row
+    assert replicated["weight_err"] < 1e-5
     rows = {(r["impl"], r["stage"], r["offload"]): r for r in sweep["rows"]}
     psi = count_params(CFG)
     assert rows[("ours", 0, "-")]["states_bytes"] == 16 * psi  # replicated: 16 bytes a parameter, fp32 AdamW
+    assert any(p.numel() % 3 for p in GPT(CFG).parameters())  # some slices are padded
     for stage in (1, 2, 3):
         row = rows[("ours", stage, "-")]
         assert abs(row["states_bytes"] / row["formula_bytes"] - 1) < 0.02, row  # padding of odd sizes
@@ -32,16 +39,20 @@ def test_every_stage_equals_one_process_and_holds_what_the_formula_says():
     assert abs(rows[("torch", 3, "-")]["states_bytes"] / rows[("ours", 3, "-")]["states_bytes"] - 1) < 0.1
     # offload: per step the gradient slices go to the host and the updated weight slices come back
     model = GPT(CFG)
-    slices = sum(4 * shard_size(p.numel(), 2) for p in model.parameters())
+    slices = sum(4 * shard_size(p.numel(), 3) for p in model.parameters())
     two = rows[("ours", 2, "optimizer")]
-    assert two["host_traffic_bytes"] == 5 * 2 * slices
-    # the optimizer's slices (a copy of the weights' and the moments) and the gradient slices sit on the host
-    assert two["on_host_bytes"] == 3 * slices and two["formula_host_bytes"] == pytest.approx(
-        model_state_bytes(count_params(CFG), 2, 2, "fp32", ("optimizer",))["host"])
-    # stage 3: each block's slices fetched for forward and backward, the rest once, the gradients sent
-    blocks = sum(4 * shard_size(p.numel(), 2) for p in model.blocks.parameters())
+    assert two["host_traffic_bytes"] == 5 * (2 + 1) * slices  # a gradient slice per backward pass, one step
+    # the optimizer's slices (its own copy of the weights' and the two moments) and the gradient slices
+    # sit on the host, as the formula says (to the padding)
+    assert two["on_host_bytes"] == 4 * slices
+    assert two["on_host_bytes"] == pytest.approx(two["formula_host_bytes"], rel=0.02)
+    assert two["states_bytes"] == pytest.approx(two["formula_bytes"], rel=0.02)
+    # stage 3: per pass, each block's slices fetched for forward and backward, the rest once, the gradients
+    # sent
+    blocks = sum(4 * shard_size(p.numel(), 3) for p in model.blocks.parameters())
     three = rows[("ours", 3, "optimizer,params")]
-    assert three["host_traffic_bytes"] == 5 * (2 * blocks + (slices - blocks) + slices)
+    assert three["host_traffic_bytes"] == 5 * 2 * (2 * blocks + (slices - blocks) + slices)  # per backward pass
+    assert three["on_host_bytes"] == pytest.approx(three["formula_host_bytes"], rel=0.02)
 
 
 def test_the_zero_paper_figures():
@@ -66,6 +77,8 @@ def test_mixed_devices_and_bad_runs_are_refused_before_any_process_starts():
         check_devices(module)
     with pytest.raises(ValueError, match="divisible by world_size"):
         zero_sweep(3, CFG, steps=1, batch=4, seq_len=16)
+    with pytest.raises(ValueError, match="micro_batches"):
+        zero_sweep(2, CFG, steps=1, batch=4, seq_len=16, micro_batches=4)
     with pytest.raises(ValueError, match="runs must pair"):
         zero_sweep(2, CFG, steps=1, batch=4, seq_len=16, runs=(("torch", 2, ()),))
     with pytest.raises(ValueError, match="zero_stage"):

@@ -75,10 +75,11 @@ def _torch_model(impl_stage: int, cfg: ModelConfig, device: torch.device, lr: fl
 
 
 def zero_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor, targets: Tensor, steps: int = 5,
-                runs: tuple = RUNS, lr: float = 1e-3) -> list[dict]:
-    """Each (impl, stage, offload) of ``runs`` trained for ``steps`` on this rank's slice of the batch; per
-    run the global losses, the final whole weights (on every rank), the model states after the last
-    backward, the step times and, for ours, the host traffic of its offload."""
+                runs: tuple = RUNS, lr: float = 1e-3, micro_batches: int = 1) -> list[dict]:
+    """Each (impl, stage, offload) of ``runs`` trained for ``steps`` on this rank's slice of the batch, in
+    ``micro_batches`` backward passes per step (gradient accumulation); per run the global losses, the
+    final whole weights (on every rank), the model states after the last backward, the step times and,
+    for ours, the host traffic of its offload."""
     device = rank_device()
     x, y = split_batch(tokens, rank, world_size).to(device), split_batch(targets, rank, world_size).to(device)
     out = []
@@ -92,8 +93,11 @@ def zero_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor, ta
         losses, times = [], []
         for _ in range(steps):
             t0 = time.perf_counter()
-            loss = model(x, y)[1]
-            loss.backward()
+            loss = 0.0
+            for xs, ys in zip(x.chunk(micro_batches), y.chunk(micro_batches)):
+                part = model(xs, ys)[1] / micro_batches
+                part.backward()
+                loss = loss + part.detach()
             states = model.model_state_bytes() if impl == "ours" else _torch_states(model, opt)
             if impl == "ours":
                 model.step()
@@ -116,10 +120,12 @@ def zero_worker(rank: int, world_size: int, cfg: ModelConfig, tokens: Tensor, ta
 
 
 def _check(world_size: int, cfg: ModelConfig, tokens: Tensor, targets: Tensor, steps: int = 5,
-           runs: tuple = RUNS, *_: object) -> None:
+           runs: tuple = RUNS, lr: float = 1e-3, micro_batches: int = 1) -> None:
     check_token_batch(tokens, targets)
-    if tokens.shape[0] % world_size:
-        raise ValueError(f"the global batch ({tokens.shape[0]}) must be divisible by world_size={world_size}")
+    positive_int("micro_batches", micro_batches)
+    if tokens.shape[0] % (world_size * micro_batches):
+        raise ValueError(f"the global batch ({tokens.shape[0]}) must be divisible by world_size={world_size} "
+                         f"x micro_batches={micro_batches}")
     positive_int("steps", steps)
     for impl, stage, offload in runs:
         if impl not in ("ours", "torch") or (impl == "torch" and (stage not in (1, 3) or offload)):
@@ -132,12 +138,12 @@ zero_worker.check_args = _check
 
 
 def zero_sweep(world_size: int = 4, cfg: ModelConfig = BENCH_CONFIG, steps: int = 5, batch: int = 8,
-               seq_len: int = 64, runs: tuple = RUNS) -> dict:
+               seq_len: int = 64, runs: tuple = RUNS, micro_batches: int = 1) -> dict:
     """Launch the runs on ``world_size`` gloo (or NCCL) ranks; compare each with one process and the formula."""
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(cfg.vocab_size, (batch, seq_len), generator=g)
     targets = torch.randint(cfg.vocab_size, (batch, seq_len), generator=g)
-    per_rank = launch(zero_worker, world_size, cfg, tokens, targets, steps, runs, timeout=600)
+    per_rank = launch(zero_worker, world_size, cfg, tokens, targets, steps, runs, 1e-3, micro_batches, timeout=600)
     ref = train_single(cfg, tokens, targets, steps=steps)
     psi = count_params(cfg)
     rows = []
@@ -148,8 +154,7 @@ def zero_sweep(world_size: int = 4, cfg: ModelConfig = BENCH_CONFIG, steps: int 
         formula = model_state_bytes(psi, stage, world_size, "fp32", offload)
         measured = max(r[i]["states"]["total"] for r in per_rank)  # the fullest rank
         rows.append({"impl": impl, "stage": stage, "offload": ",".join(offload) or "-", "loss_err": loss_err, "weight_err": weight_err,
-                     "states_bytes": measured, "formula_bytes": formula["weights"] + formula["gradients"]
-                     + formula["optimizer"], "step_ms": 1e3 * statistics.median(r0["step_s"][1:] or r0["step_s"]),
+                     "states_bytes": measured, "formula_bytes": formula["device"] + formula["host"], "step_ms": 1e3 * statistics.median(r0["step_s"][1:] or r0["step_s"]),
                      "host_traffic_bytes": r0["host_traffic_bytes"],
                      "on_host_bytes": max(r[i]["states"].get("on_host", 0) for r in per_rank),
                      "formula_host_bytes": formula["host"]})

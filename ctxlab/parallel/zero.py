@@ -4,8 +4,9 @@ Replicated data parallelism keeps every model state on every rank: with AdamW in
 bytes per parameter (weights 4, gradients 4, two moments 8), whatever the number of ranks. ZeRO
 gives each rank a 1/W slice of every parameter and keeps on it only what that slice needs:
 
-- stage 1: the optimizer's moments of its slice. Gradients are all-reduced whole, each rank steps
-  its slice of the weights, and an all-gather brings every rank the updated whole;
+- stage 1: the optimizer's moments of its slice. After backward each whole gradient is
+  reduce-scattered (every rank gets the sum of its slice), each rank steps its slice of the weights,
+  and an all-gather brings every rank the updated whole;
 - stage 2: + gradients: each gradient is reduce-scattered as backward produces it, each rank keeps
   the sum of its slice only;
 - stage 3: + parameters: each block's weights exist whole only while that block runs, forward or
@@ -77,14 +78,25 @@ class ZeroDataParallel(nn.Module):
         pad = shard_size(flat.numel(), self.world_size) * self.world_size - flat.numel()
         return torch.cat([flat, flat.new_zeros(pad)]) if pad else flat
 
+    def _bounds(self, p: Tensor) -> tuple[int, int]:
+        """This rank's elements [lo, hi) of p, flattened; the last ranks' may be shorter, or empty."""
+        n = shard_size(p.numel(), self.world_size)
+        lo = min(self.rank * n, p.numel())
+        return lo, min(lo + n, p.numel())
+
+    def _pad(self, piece: Tensor, p: Tensor) -> Tensor:
+        """A slice padded with zeros to the common slice size, as the collectives want them."""
+        missing = shard_size(p.numel(), self.world_size) - piece.numel()
+        return torch.cat([piece, piece.new_zeros(missing)]) if missing else piece
+
     def _make_shard(self, p: Tensor) -> Tensor:
         """This rank's slice, as the optimizer's parameter: a view into the whole weight for stages 0-2
         (stepping it updates the weight in place), a tensor of its own for stage 3 or offload."""
         if self.stage == 0:
             return p
-        n = shard_size(p.numel(), self.world_size)
-        piece = self._padded(p.data)[self.rank * n:(self.rank + 1) * n]
-        if self.stage == 3 or self.shards_on_host or self._padded(p.data).data_ptr() != p.data_ptr():
+        lo, hi = self._bounds(p)
+        piece = p.data.view(-1)[lo:hi]
+        if self.stage == 3 or self.shards_on_host:
             piece = piece.detach().to(self.host if self.shards_on_host else self.device, copy=True)
         return nn.Parameter(piece, requires_grad=True)
 
@@ -93,12 +105,23 @@ class ZeroDataParallel(nn.Module):
             self.host_traffic_bytes += t.nbytes
         return t.to(self.device)
 
-    def _reduce_scatter_grad(self, p: Tensor) -> None:
-        """Stages 2-3: sum this gradient over ranks, keep this rank's slice, free the whole."""
+    def _grad_slice(self, p: Tensor) -> Tensor:
+        """The sum over ranks of this rank's slice of p's gradient, divided by the ranks."""
         grad = self._padded(p.grad.detach()) / self.world_size
         mine = grad.new_empty(shard_size(p.numel(), self.world_size))
         _reduce_scatter(mine, grad, group=self.group)
-        self.grad_shards[p] = mine
+        lo, hi = self._bounds(p)
+        mine = mine[:hi - lo]
+        if self.shards_on_host:  # the optimizer runs on the host: the slice goes there at once
+            self.host_traffic_bytes += mine.nbytes
+            mine = mine.to(self.host)
+        return mine
+
+    def _reduce_scatter_grad(self, p: Tensor) -> None:
+        """Stages 2-3: sum this gradient over ranks, keep this rank's slice (added to what earlier
+        backward passes of the same step left: gradient accumulation), free the whole."""
+        mine = self._grad_slice(p)
+        self.grad_shards[p] = self.grad_shards[p] + mine if p in self.grad_shards else mine
         p.grad = None
         if self.stage == 3:
             self._unit_grads_done(p)
@@ -127,7 +150,7 @@ class ZeroDataParallel(nn.Module):
         for p in self.units[i]:
             if p.data.untyped_storage().nbytes() == p.numel() * p.element_size():
                 continue  # already whole
-            shard = self._to_device(self._shard_of[p].detach())
+            shard = self._pad(self._to_device(self._shard_of[p].detach()), p)
             whole = shard.new_empty(shard.numel() * self.world_size)
             _all_gather(whole, shard, group=self.group)
             p.data.untyped_storage().resize_(p.numel() * p.element_size())
@@ -158,15 +181,13 @@ class ZeroDataParallel(nn.Module):
     def step(self) -> None:
         """Average the gradients (stages 0-1), step this rank's slices, share the updated weights."""
         for p, shard in zip(self.params, self.shards):
-            if self.stage <= 1:
+            if self.stage == 0:
                 dist.all_reduce(p.grad, group=self.group)
-                p.grad /= self.world_size
-                n = shard_size(p.numel(), self.world_size)
-                grad = p.grad if self.stage == 0 else self._padded(p.grad)[self.rank * n:(self.rank + 1) * n]
+                grad = p.grad.div_(self.world_size)
+            elif self.stage == 1:
+                grad = self._grad_slice(p)
             else:
                 grad = self.grad_shards.pop(p)
-            if self.shards_on_host:  # device to host
-                self.host_traffic_bytes += grad.nbytes
             shard.grad = grad.to(shard.device)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -174,7 +195,7 @@ class ZeroDataParallel(nn.Module):
             if self.stage <= 1:
                 p.grad = None
             if self.stage in (1, 2):  # every rank gets every updated slice
-                piece = self._to_device(shard.detach())
+                piece = self._pad(self._to_device(shard.detach()), p)
                 whole = piece.new_empty(piece.numel() * self.world_size)
                 _all_gather(whole, piece.contiguous(), group=self.group)
                 p.data.view(-1).copy_(whole[:p.numel()])
@@ -197,7 +218,7 @@ class ZeroDataParallel(nn.Module):
         grads = size([p.grad for p in self.params if p.grad is not None] + list(self.grad_shards.values()))
         moments = size([v for state in self.optimizer.state.values() for v in state.values()
                         if isinstance(v, Tensor) and v.dim() > 0])
-        host = (shards + moments) if self.shards_on_host else 0
+        host = (shards + moments + (grads if self.stage >= 2 else 0)) if self.shards_on_host else 0
         return {"weights": weights + shards, "gradients": grads, "optimizer": moments,
                 "total": weights + shards + grads + moments, "on_device": weights + shards + grads + moments - host,
                 "on_host": host}
