@@ -139,7 +139,8 @@ class PagedKVCache(_KVCache):
             raise ValueError(f"fork needs a cache of one sequence (the shared prompt), this one holds "
                              f"{len(self.block_tables)}")
         sessions = object.__new__(PagedKVCache)
-        sessions.k, sessions.v, sessions.block_size, sessions.allocator = self.k, self.v, self.block_size, self.allocator
+        sessions.k, sessions.v = self.k, self.v  # the same pool, and the same free list
+        sessions.block_size, sessions.allocator = self.block_size, self.allocator
         sessions.block_tables = [list(self.block_tables[0]) for _ in range(n_sessions)]
         for table in sessions.block_tables:
             self.allocator.share(table)
