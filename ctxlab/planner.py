@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from .config import ModelConfig, positive_int, reference_config
 from .hf_config import SHIPPED_MODELS
-from .flops import matmul_params, training_flops_per_token
+from .flops import training_flops_per_token
 from .kvcache import kv_cache_bytes_per_token
 from .memory_model import apply_techniques, count_params, predict_step_memory
 from .model_states import STATE_BYTES, check_zero, model_state_bytes, offloaded_parts
@@ -189,16 +189,6 @@ def plan_context(model: str | ModelConfig = "gpt-110m", memory_gib: float = 80, 
 def prefill_flops(cfg: ModelConfig, seq_len: int) -> float:
     """Forward FLOPs of reading ``seq_len`` tokens: a third of training's 6N + 12LdT per token, causal half."""
     return seq_len * training_flops_per_token(cfg, seq_len, causal_skip=True) / 3
-
-
-def decode_bytes_per_token(cfg: ModelConfig, seq_len: int, bytes_per_element: int = 2) -> int:
-    """Bytes one generated token reads at context ``seq_len``: every matmul weight, then the whole KV cache.
-
-    Decoding one token at a time is bound by memory bandwidth, so this ratio is its latency ratio.
-    """
-    if not isinstance(seq_len, int) or seq_len < 0:
-        raise ValueError(f"seq_len must be an int >= 0, got {seq_len!r}")
-    return (matmul_params(cfg) + seq_len * kv_cache_bytes_per_token(cfg, 1)) * bytes_per_element
 
 
 # the techniques of chapters 2, 5 and 4, added one at a time, as plan_context keywords

@@ -133,16 +133,12 @@ def test_precomputed_choices_links_every_stack():
 
 def test_prefill_and_decode_costs_grow_with_the_context():
     from ctxlab.flops import matmul_params
-    from ctxlab.planner import decode_bytes_per_token, prefill_flops
+    from ctxlab.planner import prefill_flops
 
     cfg = PRESETS["llama-2-7b"]
     n = matmul_params(cfg)
     assert prefill_flops(cfg, 1000) == pytest.approx(1000 * (2 * n + 2 * 32 * 4096 * 1000))
     assert prefill_flops(cfg, 128_000) > 32 * prefill_flops(cfg, 4000)  # superlinear
-    assert decode_bytes_per_token(cfg, 0) == 2 * n
-    assert decode_bytes_per_token(cfg, 10) - decode_bytes_per_token(cfg, 0) == 10 * kv_cache_bytes_per_token(cfg, 2)
-    with pytest.raises(ValueError, match="seq_len"):
-        decode_bytes_per_token(cfg, -1)
 
 
 def test_html_views_share_one_layout_and_style():

@@ -6,7 +6,7 @@ from ctxlab import GPT, ModelConfig
 from ctxlab.bench.zero import zero_sweep
 from ctxlab.memory_model import count_params
 from ctxlab.model_states import check_zero, model_state_bytes
-from ctxlab.parallel.zero import check_devices, shard_size
+from ctxlab.parallel.zero import check_devices, offload_traffic_bytes, shard_size
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32)  # on 3 ranks: padded slices
 RUNS = (("ours", 0, ()), ("ours", 1, ()), ("ours", 2, ()), ("ours", 3, ()), ("torch", 1, ()), ("torch", 3, ()),
@@ -52,6 +52,9 @@ def test_every_stage_equals_one_process_and_holds_what_the_formula_says():
     blocks = sum(4 * shard_size(p.numel(), 3) for p in model.blocks.parameters())
     three = rows[("ours", 3, "optimizer,params")]
     assert three["host_traffic_bytes"] == 5 * 2 * (2 * blocks + (slices - blocks) + slices)  # per backward pass
+    # the library's count, which chapter 4b uses, is this one
+    assert offload_traffic_bytes(model, 3, 2, micro_batches=2) * 5 == two["host_traffic_bytes"]
+    assert offload_traffic_bytes(model, 3, 3, micro_batches=2) * 5 == three["host_traffic_bytes"]
     assert three["on_host_bytes"] == pytest.approx(three["formula_host_bytes"], rel=0.02)
 
 

@@ -22,6 +22,7 @@ from ..kvcache import ContiguousKVCache, kv_cache_bytes_per_token
 from ..measure import read_bandwidth, synchronize
 from ..model import GPT
 from ..serving import crossover_context, decode_bytes, weight_bytes_read
+from .causal_skip import quartiles
 
 # 171 MB of fp32 weights (above the 105 MiB L3 of the book's CPU), a crossover near 4.6K tokens at batch 1
 CPU_DECODE = dict(vocab_size=512, d_model=768, n_layers=6, n_heads=12)
@@ -46,9 +47,10 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
-def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(values, n=4) if len(values) > 1 else list(values) * 3
-    return q[0], statistics.median(values), q[2]
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile)."""
+    q1, q3 = quartiles(list(values))
+    return q1, statistics.median(values), q3
 
 
 @torch.no_grad()
@@ -92,7 +94,7 @@ def decode_roofline(cfg: ModelConfig, contexts: Sequence[int], batch: int = 1, r
     times = decode_times(cfg, contexts, batch, rounds, steps, device, dtype)
     rows = []
     for n in contexts:
-        q1, med, q3 = quartiles(times[n])
+        q1, med, q3 = spread(times[n])
         rows.append({"context": n, "ms": med, "ms_q1": q1, "ms_q3": q3,
                      "bytes": decode_bytes(cfg, n, batch, element)["total"],
                      "predicted_ms": decode_bytes(cfg, n, batch, element)["total"] / bandwidth["bytes_per_s"] * 1e3})
@@ -105,7 +107,7 @@ def decode_roofline(cfg: ModelConfig, contexts: Sequence[int], batch: int = 1, r
         "steps": steps, "bandwidth": bandwidth, "rows": rows,
         "weight_bytes": weight_bytes_read(cfg, batch, element), "kv_bytes_per_token": kv_per_token,
         "intercept_ms": intercept, "slope_ms_per_token": slope,
-        "slope_quartiles": quartiles(per_round),
+        "slope_quartiles": spread(per_round),
         "predicted_slope_ms_per_token": kv_per_token / bandwidth["bytes_per_s"] * 1e3,
         "predicted_intercept_ms": weight_bytes_read(cfg, batch, element) / bandwidth["bytes_per_s"] * 1e3,
         "crossover_predicted": crossover_context(cfg, batch, element),

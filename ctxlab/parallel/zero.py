@@ -45,6 +45,19 @@ def shard_size(numel: int, world_size: int) -> int:
     return -(-numel // world_size)
 
 
+def offload_traffic_bytes(module: nn.Module, world_size: int, stage: int, micro_batches: int = 1) -> int:
+    """Bytes one rank moves between host and device per step with everything it can offload at ``stage``,
+    from the slices' sizes (fp32): per backward pass the gradient slices go to the host; at stages 1-2 the
+    updated weight slices come back once per step; at stage 3 every block's slices come in for forward and
+    again for backward, the rest (embedding, head, final norm) once, in every pass."""
+    check_zero(stage, ("optimizer", "params") if stage == 3 else ("optimizer",))
+    slices = sum(4 * shard_size(p.numel(), world_size) for p in module.parameters())
+    if stage < 3:
+        return micro_batches * slices + slices
+    blocks = sum(4 * shard_size(p.numel(), world_size) for p in module.blocks.parameters())
+    return micro_batches * (2 * blocks + (slices - blocks) + slices)
+
+
 class ZeroDataParallel(nn.Module):
     """Wraps a GPT; train with ``loss.backward()`` then ``step()`` (which replaces ``optimizer.step()``)."""
 
