@@ -183,6 +183,72 @@ def _group_mask(mask: Tensor | None, h_kv: int, n_heads: int) -> Tensor | None:
     return mask.reshape(mask.shape[0], h_kv, n_heads // h_kv, *mask.shape[2:])
 
 
+def chunked_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, mask: Tensor | None = None,
+                    q_chunk: int = 256, k_chunk: int = 256, skip: bool = True) -> tuple[Tensor, Tensor]:
+    """The online-softmax loop: (out (B, H, Tq, D), lse (B, H, Tq)), one (q_chunk x k_chunk) block of
+    scores per head at a time. No checks (callers check): ring attention runs it on every block."""
+    b, h, t_q, d = q.shape
+    h_kv, t_k = k.shape[1], k.shape[2]
+    qg = q.reshape(b, h_kv, h // h_kv, t_q, d)
+    gmask = _group_mask(mask, h_kv, h)
+    scale, offset = 1.0 / math.sqrt(d), t_k - t_q
+    out = torch.zeros_like(qg)
+    lse = torch.full(qg.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
+    for i0 in range(0, t_q, q_chunk):
+        q_blk = qg[..., i0:i0 + q_chunk, :]
+        tq = q_blk.shape[-2]
+        row_max = torch.full(q_blk.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
+        row_sum = torch.zeros_like(row_max)
+        acc = torch.zeros_like(q_blk)
+        for j0 in _key_blocks(i0, tq, t_k, k_chunk, offset, causal, skip):
+            s = _block_scores(q_blk, k[:, :, j0:j0 + k_chunk], scale, i0, j0, offset, causal, gmask)
+            new_max = torch.maximum(row_max, s.amax(-1))
+            safe_max = new_max.masked_fill(torch.isinf(new_max), 0.0)  # rows with nothing visible yet
+            p = torch.exp(s - safe_max.unsqueeze(-1))
+            correction = torch.exp(row_max - safe_max)  # rescale what was summed under the old max
+            row_sum = row_sum * correction + p.sum(-1)
+            acc = acc * correction.unsqueeze(-1) + p @ v[:, :, j0:j0 + k_chunk].unsqueeze(2)
+            row_max = new_max
+        seen = row_sum > 0
+        out[..., i0:i0 + tq, :] = acc / torch.where(seen, row_sum, torch.ones_like(row_sum)).unsqueeze(-1)
+        lse[..., i0:i0 + tq] = torch.where(seen, row_max + torch.log(row_sum), lse[..., i0:i0 + tq])
+    return out.reshape(b, h, t_q, d), lse.reshape(b, h, t_q)
+
+
+def chunked_backward(q: Tensor, k: Tensor, v: Tensor, d_out: Tensor, lse: Tensor, delta: Tensor, causal: bool,
+                     mask: Tensor | None = None, q_chunk: int = 256, k_chunk: int = 256, skip: bool = True,
+                     into: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients block by block from a saved log-sum-exp: P = exp(S - lse), dS = P * (dP - delta), where
+    delta = rowsum(dO * O) (less the lse's own gradient). ``lse`` and ``delta`` may be those of a longer
+    key range than ``k`` (ring attention passes the final ones). Adds into ``into`` = (dq, dk, dv) when
+    given (views of bigger buffers are fine), else into zeros; returns them."""
+    b, h, t_q, d = q.shape
+    h_kv, t_k = k.shape[1], k.shape[2]
+    qg = q.reshape(b, h_kv, h // h_kv, t_q, d)
+    gmask = _group_mask(mask, h_kv, h)
+    scale, offset = 1.0 / math.sqrt(d), t_k - t_q
+    d_out = d_out.reshape(qg.shape)
+    rows = qg.shape[:-1]
+    delta, lse = delta.reshape(rows), lse.reshape(rows)
+    safe_lse = lse.masked_fill(torch.isinf(lse), 0.0)
+    dq, dk, dv = into if into is not None else (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v))
+    dqg = dq.unflatten(1, (h_kv, h // h_kv))  # a view: adding into it adds into dq
+    for i0 in range(0, t_q, q_chunk):
+        sl = slice(i0, i0 + q_chunk)
+        q_blk, do_blk = qg[..., sl, :], d_out[..., sl, :]
+        tq = q_blk.shape[-2]
+        for j0 in _key_blocks(i0, tq, t_k, k_chunk, offset, causal, skip):
+            kl = slice(j0, j0 + k_chunk)
+            k_blk, v_blk = k[:, :, kl].unsqueeze(2), v[:, :, kl].unsqueeze(2)
+            s = _block_scores(q_blk, k[:, :, kl], scale, i0, j0, offset, causal, gmask)
+            p = torch.exp(s - safe_lse[..., sl].unsqueeze(-1))
+            dv[:, :, kl] += (p.transpose(-2, -1) @ do_blk).sum(2)
+            ds = p * (do_blk @ v_blk.transpose(-2, -1) - delta[..., sl].unsqueeze(-1))
+            dqg[..., sl, :] += (ds @ k_blk) * scale
+            dk[:, :, kl] += (ds.transpose(-2, -1) @ q_blk).sum(2) * scale
+    return dq, dk, dv
+
+
 class ChunkedAttentionFunction(torch.autograd.Function):
     """Exact attention in blocks. Forward keeps a running max and sum per row (the online softmax);
     backward recomputes each block's probabilities from the saved log-sum-exp, so neither pass
@@ -190,63 +256,21 @@ class ChunkedAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, causal, mask, q_chunk, k_chunk, skip):
-        b, h, t_q, d = q.shape
-        h_kv, t_k = k.shape[1], k.shape[2]
-        qg = q.reshape(b, h_kv, h // h_kv, t_q, d)
-        gmask = _group_mask(mask, h_kv, h)
-        scale, offset = 1.0 / math.sqrt(d), t_k - t_q
-        out = torch.zeros_like(qg)
-        lse = torch.full(qg.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
-        for i0 in range(0, t_q, q_chunk):
-            q_blk = qg[..., i0:i0 + q_chunk, :]
-            tq = q_blk.shape[-2]
-            row_max = torch.full(q_blk.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)
-            row_sum = torch.zeros_like(row_max)
-            acc = torch.zeros_like(q_blk)
-            for j0 in _key_blocks(i0, tq, t_k, k_chunk, offset, causal, skip):
-                s = _block_scores(q_blk, k[:, :, j0:j0 + k_chunk], scale, i0, j0, offset, causal, gmask)
-                new_max = torch.maximum(row_max, s.amax(-1))
-                safe_max = new_max.masked_fill(torch.isinf(new_max), 0.0)  # rows with nothing visible yet
-                p = torch.exp(s - safe_max.unsqueeze(-1))
-                correction = torch.exp(row_max - safe_max)  # rescale what was summed under the old max
-                row_sum = row_sum * correction + p.sum(-1)
-                acc = acc * correction.unsqueeze(-1) + p @ v[:, :, j0:j0 + k_chunk].unsqueeze(2)
-                row_max = new_max
-            seen = row_sum > 0
-            out[..., i0:i0 + tq, :] = acc / torch.where(seen, row_sum, torch.ones_like(row_sum)).unsqueeze(-1)
-            lse[..., i0:i0 + tq] = torch.where(seen, row_max + torch.log(row_sum), lse[..., i0:i0 + tq])
+        out, lse = chunked_forward(q, k, v, causal, mask, q_chunk, k_chunk, skip)
         ctx.save_for_backward(q, k, v, out, lse, mask)
         ctx.causal, ctx.q_chunk, ctx.k_chunk, ctx.skip = causal, q_chunk, k_chunk, skip
-        return out.reshape(b, h, t_q, d), lse.reshape(b, h, t_q)
+        return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
         q, k, v, out, lse, mask = ctx.saved_tensors
-        b, h, t_q, d = q.shape
-        h_kv, t_k = k.shape[1], k.shape[2]
-        qg = q.reshape(b, h_kv, h // h_kv, t_q, d)
-        gmask = _group_mask(mask, h_kv, h)
-        scale, offset = 1.0 / math.sqrt(d), t_k - t_q
-        d_out = grad_out.reshape(out.shape) if grad_out is not None else torch.zeros_like(out)
-        d_lse = grad_lse.reshape(lse.shape) if grad_lse is not None else torch.zeros_like(lse)
+        d_out = grad_out if grad_out is not None else torch.zeros_like(out)
+        d_lse = grad_lse if grad_lse is not None else torch.zeros_like(lse)
         # d(softmax) needs rowsum(dO * O); a row's lse gradient adds d_lse * p to its scores' gradient
         delta = (d_out * out).sum(-1) - d_lse
-        safe_lse = lse.masked_fill(torch.isinf(lse), 0.0)
-        dq, dk, dv = torch.zeros_like(qg), torch.zeros_like(k), torch.zeros_like(v)
-        for i0 in range(0, t_q, ctx.q_chunk):
-            sl = slice(i0, i0 + ctx.q_chunk)
-            q_blk, do_blk = qg[..., sl, :], d_out[..., sl, :]
-            tq = q_blk.shape[-2]
-            for j0 in _key_blocks(i0, tq, t_k, ctx.k_chunk, offset, ctx.causal, ctx.skip):
-                kl = slice(j0, j0 + ctx.k_chunk)
-                k_blk, v_blk = k[:, :, kl].unsqueeze(2), v[:, :, kl].unsqueeze(2)
-                s = _block_scores(q_blk, k[:, :, kl], scale, i0, j0, offset, ctx.causal, gmask)
-                p = torch.exp(s - safe_lse[..., sl].unsqueeze(-1))
-                dv[:, :, kl] += (p.transpose(-2, -1) @ do_blk).sum(2)
-                ds = p * (do_blk @ v_blk.transpose(-2, -1) - delta[..., sl].unsqueeze(-1))
-                dq[..., sl, :] += (ds @ k_blk) * scale
-                dk[:, :, kl] += (ds.transpose(-2, -1) @ q_blk).sum(2) * scale
-        return dq.reshape(q.shape), dk, dv, None, None, None, None, None
+        dq, dk, dv = chunked_backward(q, k, v, d_out, lse, delta, ctx.causal, mask, ctx.q_chunk, ctx.k_chunk,
+                                      ctx.skip)
+        return dq, dk, dv, None, None, None, None, None
 
 
 def chunked_attention_with_lse(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None,

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ctxlab.attention import (attention_with_lse, chunked_attention, chunked_attention_with_lse, merge_partials,
-                              sdpa_attention)
+from ctxlab.attention import (attention_with_lse, chunked_attention, chunked_attention_with_lse, chunked_backward,
+                              chunked_forward, merge_partials, sdpa_attention)
 from ctxlab.measure import measure_peak
 
 
@@ -35,6 +35,27 @@ def test_equals_sdpa_outputs_and_gradients(causal, h_kv, tq, tk, chunks):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     for a, b in zip(out_grads, ref_grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("h_kv", [4, 1])
+def test_key_ranges_computed_apart_with_the_final_lse_give_the_whole_attention_and_its_gradients(h_kv):
+    """What a ring rank does: forward over two key ranges merged by their lse, then each range's backward
+    from the *final* lse and rowsum(dO * O), added into one set of gradients: equal to the whole, exactly."""
+    q, k, v = qkv(h_kv=h_kv, tq=24, tk=40)
+    out, (dq, dk, dv) = grads_of(lambda *a: sdpa_attention(*a, causal=False), q, k, v)
+    halves = [slice(0, 16), slice(16, 40)]
+    parts = [chunked_forward(q.detach(), k.detach()[:, :, s], v.detach()[:, :, s], False, q_chunk=8, k_chunk=8)
+             for s in halves]
+    merged, lse = merge_partials(*parts[0], *parts[1])
+    assert (merged - out).abs().max() <= 1e-5
+    d_out = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+    delta = (d_out * merged).sum(-1)
+    into = (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v))
+    for s in halves:  # views of the shared gradients: each range adds its own columns
+        chunked_backward(q.detach(), k.detach()[:, :, s], v.detach()[:, :, s], d_out, lse, delta, False,
+                         q_chunk=8, k_chunk=16, into=(into[0], into[1][:, :, s], into[2][:, :, s]))
+    for mine, ref in zip(into, (dq, dk, dv)):
+        assert (mine - ref).abs().max() <= 1e-5
 
 
 def test_document_mask_and_lse():
