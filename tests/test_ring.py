@@ -4,12 +4,13 @@ import re
 import pytest
 import torch
 
-from ctxlab.bench.ring import CASES, report
-from ctxlab.bench.ring_workers import exactness_worker, imbalance, jobs_worker
+from ctxlab.bench.ring import CASES, bench_worker, report
+from ctxlab.bench.ring_workers import imbalance, jobs_worker
 from ctxlab.parallel.context import context_parallel_step
 from ctxlab.parallel.launch import launch
-from ctxlab.parallel.ring import comm_bytes_formula, ring_attention, ring_schedule
+from ctxlab.parallel.ring import comm_bytes_formula, hiding_length, ring_attention, ring_schedule
 from ctxlab.parallel.sharding import chunk_ids, shard, shard_positions, unshard
+from ctxlab.parallel.ulysses import comm_bytes_formula as ulysses_bytes
 
 TOL = 1e-5
 
@@ -45,7 +46,19 @@ def test_schedule_work_balance(world_size):
 
 def test_comm_formula():
     assert comm_bytes_formula(1, 100) == {"forward": 0, "backward": 0}
-    assert comm_bytes_formula(4, 100) == {"forward": 600, "backward": 600 + 800}
+    assert comm_bytes_formula(4, 100) == {"forward": 600, "backward": 600 + 600}
+
+
+def test_hiding_length_is_where_a_steps_compute_equals_its_transfer():
+    flops, bandwidth = 1e12, 1e10
+    assert hiding_length(flops, bandwidth, 2, 8, 8, 128) == pytest.approx(2 * flops / (2 * bandwidth))  # e F / 2B
+    # GQA sends a quarter of the K/V for the same compute; a half-masked causal block computes half as much
+    assert hiding_length(flops, bandwidth, 2, 32, 8, 128, 0.5) == pytest.approx(2 * flops * 8 / (2 * bandwidth * 32 * 0.5))
+    length = hiding_length(flops, bandwidth, 2, 8, 8, 128, latency_s=1e-5)
+    compute = 4 * length**2 * 128 * 8 / flops
+    assert compute == pytest.approx(1e-5 + 2 * length * 128 * 8 * 2 / bandwidth)  # latency moves it up
+    with pytest.raises(ValueError, match="bandwidth must be > 0"):
+        hiding_length(flops, 0, 2, 8, 8, 128)
 
 
 def test_bad_inputs_without_a_process_group():
@@ -86,10 +99,14 @@ def _check_exact(rows, runs):
 def test_ring_attention_in_float64_equals_sdpa_to_float64_rounding():
     """The ring accumulates in the inputs' own precision when it is wider than fp32."""
     runs = [(2, True, True, 16), (2, True, False, 16), (2, False, False, 16)]
-    rows = [r for res in launch(exactness_worker, 2, runs, 1, 4, 2, 16, torch.float64) for r in res]
-    assert len(rows) == 2 * len(runs)
-    worst = max(r[key] for r in rows for key in ("err_out", "err_dq", "err_dk", "err_dv"))
-    assert worst <= 1e-12, worst
+    results = launch(jobs_worker, 2, {"exact": (runs, 1, 4, 2, 16, torch.float64),
+                                      "exact_blocking": (runs, 1, 4, 2, 16, torch.float64, "ring", True)})
+    for job in ("exact", "exact_blocking"):  # the blocking control computes the same thing, only later
+        rows = [r for res in results for r in res[job]]
+        assert len(rows) == 2 * len(runs)
+        worst = max(r[key] for r in rows for key in ("err_out", "err_dq", "err_dk", "err_dv"))
+        assert worst <= 1e-12, (job, worst)
+        assert all(r["exchanges"] == 3 for r in rows)  # a ring of 2: one hop forward, K/V and dK/dV backward
 
 
 def test_rings_of_two_three_and_four_ranks():
@@ -117,14 +134,32 @@ def test_rings_of_two_three_and_four_ranks():
         assert "same q/k/v shapes" in res["bad"]["mismatched_shapes"]
         assert "even local length" in res["bad"]["odd_zigzag"]
 
-    # the bench's report of the 4-rank ring, down to its last line
-    four = [{"exact": [r for r in res["exact"] if r["P"] == 4], "memory": res["memory"]} for res in results]
-    last = report(four, 4, 32, 64).splitlines()[-1]
-    match = re.fullmatch(r"max_err=(\S+) mem_ratio_p4_vs_p1=(\S+) zigzag_imbalance=(\S+) plain_imbalance=(\S+)", last)
-    assert match, last
-    max_err, mem_ratio, zigzag, plain = map(float, match.groups())
-    assert max_err <= TOL and mem_ratio < 0.5 and zigzag == 1.0 and plain == 1.6
 
+
+def test_the_bench_report_down_to_its_last_line():
+    """The bench's workers at small sizes on 4 ranks: every field of the last line, the bytes each design
+    sent equal to its formula, and every exchange of the overlap runs timed."""
+    results = launch(bench_worker, 4, 32, 64, 64, (8, 16), 1, timeout=240)
+    lines = report(results, 4, 32, 64, 64).splitlines()
+    names = ("max_err mem_ratio_p4_vs_p1 zigzag_imbalance plain_imbalance ring_peak_vs_chunked ring_time_vs_chunked "
+             "ulysses_max_err ulysses_bytes_per_rank ring_bytes_per_rank ring_hidden_comm_share").split()
+    match = re.fullmatch(" ".join(f"{n}=(\\S+)" for n in names), lines[-1])
+    assert match, lines[-1]
+    got = dict(zip(names, map(float, match.groups())))
+    assert got["max_err"] <= TOL and got["ulysses_max_err"] <= TOL and got["mem_ratio_p4_vs_p1"] < 1
+    assert got["zigzag_imbalance"] == 1.0 and got["plain_imbalance"] == 1.6
+    block = 4 * 32 * 64 * 4  # one rank's fp32 K at P = 2: H = 4, T/P = 32, head_dim 64
+    assert got["ring_bytes_per_rank"] == sum(comm_bytes_formula(2, block).values())
+    assert got["ulysses_bytes_per_rank"] == ulysses_bytes(2, block, block)["total"]
+    assert 0 < got["ring_peak_vs_chunked"] and 0 < got["ring_time_vs_chunked"]
+    assert all(f"formula {m.group(2)}" in line for line in lines
+               for m in [re.search(r"sent (\d+) B \(formula (\d+)\)", line)] if m)
+    rows = [r for res in results for r in res["overlap"]]
+    for n in (8, 16):  # every call on the ring of 2 made its three exchanges, timed, both ways
+        for blocking in (False, True):
+            calls = [r for r in rows if r["L"] == n and r["blocking"] == blocking]
+            assert sorted(r["exchange"] for r in calls) == sorted([0, 1, 2] * 2 * 3)  # 2 ranks, 3 rounds
+            assert all(r["nbytes"] == 2 * 4 * n * 64 * 4 and r["wait_s"] >= 0 for r in calls)
 
 
 def test_context_parallelism_refuses_recomputation_before_any_communication():

@@ -4,7 +4,8 @@ import torch
 
 from ctxlab.bench.ring_workers import jobs_worker
 from ctxlab.parallel.launch import launch
-from ctxlab.parallel.ulysses import check_heads, comm_bytes_formula
+from ctxlab.parallel.ring import comm_bytes_formula as ring_bytes
+from ctxlab.parallel.ulysses import check_heads, comm_bytes_formula, hybrid_comm_bytes
 
 RUNS = [(p, causal, zigzag, 16) for p in (2, 4) for causal in (False, True) for zigzag in (False, True)]
 
@@ -38,3 +39,15 @@ def test_bytes_per_rank_do_not_grow_with_the_ranks():
 def test_more_ranks_than_heads_is_refused(heads, kv_heads, world):
     with pytest.raises(ValueError, match="divide the heads"):
         check_heads(heads, kv_heads, world)
+
+
+def test_the_hybrid_is_the_ring_at_one_ulysses_rank_and_ulysses_at_one_ring_rank():
+    q, kv = 4096, 1024
+    ring = ring_bytes(8, kv)
+    assert hybrid_comm_bytes(1, 8, q, kv)["total"] == ring["forward"] + ring["backward"]
+    assert hybrid_comm_bytes(8, 1, q, kv) == comm_bytes_formula(8, q, kv)
+    # 4 x 2: Ulysses' all-to-alls inside groups of 4, then one ring hop of a block the size of the local K
+    two_d = hybrid_comm_bytes(4, 2, q, kv)
+    assert two_d["total"] == comm_bytes_formula(4, q, kv)["total"] + 2 * kv + 2 * (kv + kv)
+    with pytest.raises(ValueError, match="ring_size"):
+        hybrid_comm_bytes(2, 0, q, kv)

@@ -42,10 +42,10 @@ def _inputs(seq_len: int, batch: int, heads: int, kv_heads: int, head_dim: int, 
 
 def exactness_worker(rank: int, world_size: int, runs: list[tuple[int, bool, bool, int]], batch: int = 1,
                      heads: int = 4, kv_heads: int = 2, head_dim: int = 16,
-                     dtype: torch.dtype = torch.float32, method: str = "ring") -> list[dict]:
+                     dtype: torch.dtype = torch.float32, method: str = "ring", blocking: bool = False) -> list[dict]:
     """For each run (P, causal, zigzag, T): this rank's max |ring - full| (or Ulysses', ``method``) of the
     output and of dQ, dK, dV, the ring's work per step and the bytes sent. The reference is torch's SDPA
-    over the whole sequence here."""
+    over the whole sequence here. ``blocking`` runs the ring with every transfer waited for at once."""
     device = rank_device()
     rows = []
     for seed, (size, causal, zigzag, seq_len) in enumerate(runs):
@@ -58,7 +58,7 @@ def exactness_worker(rank: int, world_size: int, runs: list[tuple[int, bool, boo
             local = [shard(t, rank, size, zigzag, dim=2).requires_grad_() for t in (q, k, v)]
             stats = RingStats() if method == "ring" else {}
             if method == "ring":
-                out = ring_attention(*local, causal=causal, zigzag=zigzag, group=group, stats=stats)
+                out = ring_attention(*local, causal=causal, zigzag=zigzag, group=group, stats=stats, blocking=blocking)
             else:
                 out = ulysses_attention(*local, causal=causal, zigzag=zigzag, group=group, stats=stats)
             out.backward(shard(dout, rank, size, zigzag, dim=2))
@@ -68,8 +68,8 @@ def exactness_worker(rank: int, world_size: int, runs: list[tuple[int, bool, boo
 
             sizes = {"kv_block_bytes": local[1].numel() * local[1].element_size(),
                      "q_block_bytes": local[0].numel() * local[0].element_size()}
-            counts = {"work": stats.work, "forward_bytes": stats.forward_bytes, "backward_bytes": stats.backward_bytes} \
-                if method == "ring" else {"bytes_sent": stats.get("bytes_sent", 0)}
+            counts = {"work": stats.work, "forward_bytes": stats.forward_bytes, "backward_bytes": stats.backward_bytes,
+                      "exchanges": len(stats.timings)} if method == "ring" else {"bytes_sent": stats.get("bytes_sent", 0)}
             rows.append({"method": method, "P": size, "causal": causal, "zigzag": zigzag, "T": seq_len, "rank": rank,
                          "err_out": err(out, ref), **{f"err_d{n}": err(m.grad, w.grad) for n, m, w in zip("qkv", local, full)},
                          **counts, **sizes})
@@ -178,8 +178,9 @@ def budget_worker(rank: int, world_size: int, budget_bytes: int, sizes: list[int
 
 JOBS = {"exact": exactness_worker, "train": training_step_worker, "bad": bad_input_worker,
         "memory": memory_worker, "budget": budget_worker,
-        # the same checks for Ulysses (pass method="ulysses" last), in float32 and float64
-        "ulysses_exact": exactness_worker, "ulysses_exact64": exactness_worker, "ulysses_train": training_step_worker}
+        # the same checks with every transfer blocking (pass blocking=True last), and for Ulysses (pass
+        # method="ulysses"), in float32 and float64
+        "exact_blocking": exactness_worker, "ulysses_exact": exactness_worker, "ulysses_exact64": exactness_worker, "ulysses_train": training_step_worker}
 
 
 def jobs_worker(rank: int, world_size: int, jobs: dict[str, tuple]) -> dict:

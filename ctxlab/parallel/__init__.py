@@ -14,14 +14,15 @@ from .ddp import DataParallel, ddp_compare_worker
 from .launch import (RankFailure, RankTimeout, choose_backend, gather_from_env, launch, rank_device, run_from_env,
                      under_torchrun)
 from .pipeline import Stage, run_schedule, stage_bounds
-from .ring import comm_bytes_formula, ring_attention, ring_schedule
+from .ring import comm_bytes_formula, hiding_length, ring_attention, ring_schedule
 from .sharding import chunk_ids, shard_positions
-from .ulysses import comm_bytes_formula as ulysses_comm_bytes, ulysses_attention
+from .ulysses import comm_bytes_formula as ulysses_comm_bytes, hybrid_comm_bytes, ulysses_attention
 from .zero import ZeroDataParallel, offload_traffic_bytes
 
 __all__ = ["launch", "run_from_env", "gather_from_env", "under_torchrun", "choose_backend", "rank_device", "RankFailure", "RankTimeout",
            "bubble_measured", "bubble_theory", "peak_held", "schedule_order", "simulate", "step_time",
            "context_parallel", "context_parallel_step", "DataParallel", "ddp_compare_worker", "Stage",
            "run_schedule", "stage_bounds", "comm_bytes_formula", "ring_attention", "ring_schedule", "chunk_ids",
-           "shard_positions", "ulysses_attention", "ulysses_comm_bytes", "ZeroDataParallel",
+           "shard_positions", "ulysses_attention", "ulysses_comm_bytes", "hybrid_comm_bytes", "hiding_length",
+           "ZeroDataParallel",
            "offload_traffic_bytes"]

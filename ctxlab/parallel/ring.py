@@ -3,10 +3,11 @@
 Each rank keeps its T/P queries and, in P steps, sees every rank's keys and values: at step i it
 holds the K/V block of rank (rank - i) mod P, computes attention of its queries against that block,
 and passes the block on to the next rank while it computes. The partial results are combined by the
-log-sum-exp merge (``merge_partials``), which makes the result exact, not approximate. The backward
-pass rotates K/V again together with their gradient accumulators, which arrive back at their owners
-after one more hop. No rank ever holds more than two K/V blocks, so attention memory per rank falls
-like 1/P and the context that fits grows like P (Liu et al. 2023, Ring Attention).
+log-sum-exp merge, which makes the result exact, not approximate. Each block runs the chunked
+(flash-style) kernel of chapter 2, so no rank ever holds a (T/P)^2 block of scores. The backward
+pass rotates K/V again together with their gradient accumulators, the last hop taking each home.
+No rank holds more than two K/V blocks, so attention memory per rank falls like 1/P and the
+context that fits grows like P (Liu et al. 2023, Ring Attention).
 
 Under a causal mask a block from a later part of the sequence is fully masked and skipped;
 ``ring_schedule`` says which blocks each rank computes at each step, and the autograd function
@@ -14,16 +15,16 @@ below follows exactly that schedule.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..attention import attention_with_lse, check_qkv, merge_partials, repeat_kv
-from .ring_comms import RingComm, require_process_group
-from .sharding import check_rank, check_world_size, shard_positions
+from ..attention import check_qkv, chunked_backward, chunked_forward
+from ..config import positive_int
+from .ring_comms import ExchangeTiming, RingComm, require_process_group
+from .sharding import check_rank, check_world_size
 
 
 @dataclass(frozen=True)
@@ -76,27 +77,38 @@ def ring_schedule(world_size: int, local_len: int, causal: bool = True,
 
 
 def comm_bytes_formula(world_size: int, kv_block_bytes: int, grad_block_bytes: int | None = None) -> dict[str, int]:
-    """Bytes each rank sends per attention call: K and V go P-1 hops forward and again backward;
-    dK and dV go P hops (the last one home)."""
+    """Bytes each rank sends per attention call: K and V go P-1 hops forward and again backward; the
+    dK/dV accumulators go P-1 hops too (started by the first rank to see a block, the last hop home)."""
     grad_block_bytes = kv_block_bytes if grad_block_bytes is None else grad_block_bytes
     hops = world_size - 1
-    return {"forward": 2 * hops * kv_block_bytes,
-            "backward": 2 * hops * kv_block_bytes + (2 * world_size * grad_block_bytes if world_size > 1 else 0)}
+    return {"forward": 2 * hops * kv_block_bytes, "backward": 2 * hops * (kv_block_bytes + grad_block_bytes)}
+
+
+def hiding_length(flop_rate: float, bandwidth: float, bytes_per_element: int, heads: int, kv_heads: int,
+                  head_dim: int, block_fraction: float = 1.0, latency_s: float = 0.0) -> float:
+    """The local length L = T/P above which a ring step's computation outlasts its K/V transfer.
+
+    Per step a rank computes ``block_fraction`` of 4 L^2 d H FLOPs (QK^T and PV; a half-masked causal block
+    is 1/2) while 2 L d Hkv elements travel: the transfer hides when f 4 L^2 d H / F >= latency + 2 L d Hkv e / B.
+    Without latency that is L >= e F Hkv / (2 f B H), which is e F / 2B for a full block of multi-head attention.
+    """
+    for name, value in (("flop_rate", flop_rate), ("bandwidth", bandwidth), ("block_fraction", block_fraction)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+    a = 4 * block_fraction * head_dim * heads / flop_rate  # seconds of compute per L^2
+    b = 2 * head_dim * kv_heads * bytes_per_element / bandwidth  # seconds of transfer per L
+    return (b + (b * b + 4 * a * latency_s) ** 0.5) / (2 * a)
 
 
 @dataclass
 class RingStats:
-    """What one rank did in a ring attention call: score entries per step and bytes sent."""
+    """What one rank did in a ring attention call: score entries per step, bytes sent, and each exchange's
+    timing as ``RingComm`` records it (seconds computed while it was in flight, seconds waited for it)."""
 
     work: list[int] = field(default_factory=list)
     forward_bytes: int = 0
     backward_bytes: int = 0
-
-
-def _diagonal_mask(blk: ScoreBlock, local_len: int, world_size: int, zigzag: bool, device) -> Tensor:
-    """Causal mask of a block from global positions (query may see key iff key position <= query's)."""
-    pos = shard_positions(local_len * world_size, blk.rank, world_size, zigzag, device)
-    return (pos[blk.q0:blk.q1, None] >= pos[None, blk.k0:blk.k1])[None, None]
+    timings: list[ExchangeTiming] = field(default_factory=list)
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -104,46 +116,28 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _block_forward(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """attention_with_lse of one block; it takes at most as many queries as keys, so longer query
-    runs (zig-zag, earlier rank: all queries against half a block) go in pieces."""
-    t_k = k.shape[2]
-    if q.shape[2] <= t_k:
-        return attention_with_lse(q, k, v, causal=False, mask=mask)
-    pieces = [attention_with_lse(q[:, :, i:i + t_k], k, v, causal=False) for i in range(0, q.shape[2], t_k)]
-    return torch.cat([o for o, _ in pieces], dim=2), torch.cat([l for _, l in pieces], dim=2)
-
-
-def _block_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, lse: Tensor, delta: Tensor,
-                    mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of one block from the *final* lse: P = exp(S - lse), dS = P * (dP - rowsum(dO * O))."""
-    b, h, _, d = q.shape
-    h_kv = k.shape[1]
-    scale = 1.0 / math.sqrt(d)
-    acc = accumulator_dtype(q.dtype)
-    kr, vr = repeat_kv(k, h).to(acc), repeat_kv(v, h).to(acc)
-    qf, dof = q.to(acc), dout.to(acc)
-    scores = qf @ kr.transpose(-2, -1) * scale
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.exp(scores - lse.unsqueeze(-1))
-    dv = probs.transpose(-2, -1) @ dof
-    dscores = probs * (dof @ vr.transpose(-2, -1) - delta.unsqueeze(-1))
-    dq = dscores @ kr * scale
-    dk = dscores.transpose(-2, -1) @ qf * scale
-    fold = (b, h_kv, h // h_kv, k.shape[2], d)  # sum the query heads that share one k/v head (GQA)
-    return dq, dk.reshape(fold).sum(2), dv.reshape(fold).sum(2)
+def _merge_into(out: Tensor, lse: Tensor, o: Tensor, l: Tensor) -> None:
+    """``merge_partials`` in place, so the running output needs no second copy."""
+    new = torch.logaddexp(lse, l)
+    safe = new.masked_fill(torch.isinf(new), 0.0)
+    out.mul_(torch.exp(lse - safe).unsqueeze(-1)).add_(o.mul_(torch.exp(l - safe).unsqueeze(-1)))
+    lse.copy_(new)
 
 
 class RingAttention(torch.autograd.Function):
-    """Exact attention over the ring: forward merges P partial results, backward returns dK/dV home."""
+    """Exact attention over the ring: forward merges P partial results, backward returns dK/dV home.
+
+    Every block runs chapter 2's chunked kernel (online softmax forward, recomputation from the final
+    log-sum-exp backward), so no rank holds more than one (chunk x chunk) tile of scores per head. Local
+    positions increase within a shard (plain and zig-zag), so the diagonal block is ordinary causal."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, causal: bool, zigzag: bool,
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, causal: bool, zigzag: bool, chunk: int, blocking: bool,
                 group: dist.ProcessGroup | None, stats: RingStats | None) -> Tensor:
-        comm = RingComm(group)
+        comm = RingComm(group, blocking=blocking)
         world, rank, local_len = comm.world_size, comm.rank, q.shape[2]
         acc = accumulator_dtype(q.dtype)
+        qa = q.to(acc)
         out = torch.zeros(q.shape, dtype=acc, device=q.device)
         lse = torch.full(q.shape[:3], float("-inf"), dtype=acc, device=q.device)
         k_cur, v_cur = k, v
@@ -151,12 +145,11 @@ class RingAttention(torch.autograd.Function):
             incoming = comm.start([k_cur, v_cur]) if step < world - 1 else None  # overlaps the compute below
             blk = plan_block(rank, step, world, local_len, causal, zigzag)
             if blk is not None:
-                mask = _diagonal_mask(blk, local_len, world, zigzag, q.device) if blk.masked else None
-                o, l = _block_forward(q[:, :, blk.q0:blk.q1], k_cur[:, :, blk.k0:blk.k1],
-                                      v_cur[:, :, blk.k0:blk.k1], mask)
-                rows = slice(blk.q0, blk.q1)
-                out[:, :, rows], lse[:, :, rows] = merge_partials(out[:, :, rows], lse[:, :, rows],
-                                                                  o.to(acc), l.to(acc))
+                rows, cols = slice(blk.q0, blk.q1), slice(blk.k0, blk.k1)
+                o, l = chunked_forward(qa[:, :, rows], k_cur[:, :, cols].to(acc), v_cur[:, :, cols].to(acc),
+                                       blk.masked, q_chunk=chunk, k_chunk=chunk)
+                _merge_into(out[:, :, rows], lse[:, :, rows], o, l)
+                del o, l
             if stats is not None:
                 stats.work.append(0 if blk is None else blk.work)
             if incoming is not None:
@@ -164,52 +157,70 @@ class RingAttention(torch.autograd.Function):
                 k_cur, v_cur = incoming
         if stats is not None:
             stats.forward_bytes += comm.bytes_sent
+            stats.timings += comm.timings
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.zigzag, ctx.group, ctx.stats = causal, zigzag, group, stats
+        ctx.causal, ctx.zigzag, ctx.chunk, ctx.blocking = causal, zigzag, chunk, blocking
+        ctx.group, ctx.stats = group, stats
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
         q, k, v, out, lse = ctx.saved_tensors
-        comm = RingComm(ctx.group)
-        grads = RingComm(ctx.group, first_tag=2)  # the dK/dV accumulators, in flight while the next block computes
+        comm = RingComm(ctx.group, blocking=ctx.blocking)
+        grads = RingComm(ctx.group, first_tag=2, blocking=ctx.blocking)  # the dK/dV accumulators
         world, rank, local_len = comm.world_size, comm.rank, q.shape[2]
-        dout = dout.contiguous()
         acc = accumulator_dtype(q.dtype)
-        delta = (dout.to(acc) * out.to(acc)).sum(-1)
+        # the other ranks' blocks come first (the order is explained below): post the first K/V hop now
+        first = comm.start([k, v]) if world > 1 else [k, v]
+        qa, da = q.to(acc), dout.contiguous().to(acc)
+        delta = (da * out.to(acc)).sum(-1)
         dq = torch.zeros(q.shape, dtype=acc, device=q.device)
-        arriving: list[Tensor] = []
-        k_cur, v_cur = k, v
-        for step in range(world):
-            incoming = comm.start([k_cur, v_cur]) if step < world - 1 else None
+
+        def block_into(step: int, k_blk: Tensor, v_blk: Tensor, dk_acc: Tensor, dv_acc: Tensor) -> None:
             blk = plan_block(rank, step, world, local_len, ctx.causal, ctx.zigzag)
-            if blk is not None:
-                mask = _diagonal_mask(blk, local_len, world, ctx.zigzag, q.device) if blk.masked else None
-                rows, cols = slice(blk.q0, blk.q1), slice(blk.k0, blk.k1)
-                dq_b, dk_b, dv_b = _block_backward(q[:, :, rows], k_cur[:, :, cols], v_cur[:, :, cols],
-                                                   dout[:, :, rows], lse[:, :, rows], delta[:, :, rows], mask)
-                dq[:, :, rows] += dq_b
-            # the block's accumulators travel with it: the previous rank's arrive now (they were in flight
-            # while this block computed), ours are added, and they go on; after step P-1 that hop takes
-            # them home. Step 0 is the rank's own block, every column: its gradients start the accumulators.
-            if step == 0:
-                dk_acc, dv_acc = dk_b, dv_b
+            if blk is None:
+                return
+            rows, cols = slice(blk.q0, blk.q1), slice(blk.k0, blk.k1)
+            chunked_backward(qa[:, :, rows], k_blk[:, :, cols].to(acc), v_blk[:, :, cols].to(acc),
+                             da[:, :, rows], lse[:, :, rows], delta[:, :, rows], blk.masked,
+                             q_chunk=ctx.chunk, k_chunk=ctx.chunk,
+                             into=(dq[:, :, rows], dk_acc[:, :, cols], dv_acc[:, :, cols]))
+
+        # The other ranks' blocks first (steps 1..P-1), the rank's own last: a block's dK/dV accumulator
+        # starts at the first rank that sees it and travels with it, and the last hop brings it home,
+        # where the owner adds its own share. The K/V transfer hides behind the block before it; each
+        # accumulator is waited for before the block adds into it (hiding that hop too would need a
+        # second block-sized buffer, the memory this kernel exists to save).
+        if world > 1:
+            comm.wait()
+        k_cur, v_cur = first
+        del first
+        accumulators: list[Tensor] = []
+        for step in range(1, world):
+            incoming = comm.start([k_cur, v_cur]) if step < world - 1 else None
+            if step == 1:
+                accumulators = [torch.zeros(k.shape, dtype=acc, device=k.device) for _ in range(2)]
             else:
                 grads.wait()
-                dk_acc, dv_acc = arriving
-                if blk is not None:
-                    dk_acc[:, :, cols] += dk_b
-                    dv_acc[:, :, cols] += dv_b
-            arriving = grads.start([dk_acc, dv_acc])
+            block_into(step, k_cur, v_cur, *accumulators)
+            if incoming is None:  # the last of the others' blocks: free it before the hop home
+                del k_cur, v_cur
+            accumulators = grads.start(accumulators)
             if incoming is not None:
                 comm.wait()
                 k_cur, v_cur = incoming
-        grads.wait()
-        dk_acc, dv_acc = arriving
+                del incoming
+        if world > 1:
+            grads.wait()
+        else:
+            accumulators = [torch.zeros(k.shape, dtype=acc, device=k.device) for _ in range(2)]
+        block_into(0, k, v, *accumulators)
         if ctx.stats is not None:
             ctx.stats.backward_bytes += comm.bytes_sent + grads.bytes_sent
-        return dq.to(q.dtype), dk_acc.to(k.dtype), dv_acc.to(v.dtype), None, None, None, None
+            ctx.stats.timings += comm.timings + grads.timings
+        dk, dv = accumulators
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None
 
 
 def _check_same_everywhere(q: Tensor, k: Tensor, causal: bool, zigzag: bool, group: dist.ProcessGroup) -> None:
@@ -226,12 +237,15 @@ def _check_same_everywhere(q: Tensor, k: Tensor, causal: bool, zigzag: bool, gro
 
 def ring_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, zigzag: bool = False,
                    group: dist.ProcessGroup | None = None, stats: RingStats | None = None,
-                   check: bool = True) -> Tensor:
+                   check: bool = True, chunk: int = 128, blocking: bool = False) -> Tensor:
     """Attention of this rank's queries against the whole sequence, spread over ``group``.
 
     q (B, H, T/P, D) and k, v (B, Hkv, T/P, D) are this rank's shard, laid out by
     ``sharding.shard(..., zigzag=zigzag)``. ``check`` verifies that every rank agrees (one tiny
-    all_gather), so a mismatch raises instead of hanging.
+    all_gather), so a mismatch raises instead of hanging. ``chunk`` is the block kernel's tile (128: a smaller tile than one process's 256 trims the
+    per-rank peak, which is the point of the ring, for a few per cent of time);
+    ``blocking=True`` waits for every transfer as soon as it is posted (the control that shows how
+    much of the communication the overlap hides).
     """
     group = require_process_group(group)
     check_qkv(q, k, v)
@@ -239,6 +253,9 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, zigzag:
         raise ValueError(f"q and k must hold the same number of local positions, got {q.shape[2]} and {k.shape[2]}")
     if zigzag and q.shape[2] % 2:
         raise ValueError(f"zig-zag sharding needs an even local length (two chunks per rank), got {q.shape[2]}")
+    positive_int("chunk", chunk)
+    if not isinstance(blocking, bool):
+        raise TypeError(f"blocking must be a bool, got {blocking!r}")
     if check:
         _check_same_everywhere(q, k, causal, zigzag, group)
-    return RingAttention.apply(q, k, v, bool(causal), bool(zigzag), group, stats)
+    return RingAttention.apply(q, k, v, bool(causal), bool(zigzag), chunk, blocking, group, stats)

@@ -6,9 +6,23 @@ next one travels (on NCCL the copies overlap with the kernels; on gloo they run 
 """
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ExchangeTiming:
+    """One exchange, in seconds: the work done between posting it and waiting for it (the time it had to
+    hide in), and the time spent waiting. Blocking exchanges wait at once: their wait is the transfer.
+    Host clocks: on CUDA a wait orders streams rather than blocking the host, so synchronise to time it."""
+
+    nbytes: int
+    overlapped_s: float
+    wait_s: float
 
 
 def require_process_group(group: dist.ProcessGroup | None = None) -> dist.ProcessGroup:
@@ -23,17 +37,21 @@ class RingComm:
     """Point-to-point exchange around a ring of ranks, counting the bytes this rank sends.
 
     Two rings may be in flight at once when their ``first_tag`` keeps their messages apart (gloo
-    matches by tag; NCCL by posting order, the same on every rank)."""
+    matches by tag; NCCL by posting order, the same on every rank). ``blocking=True`` makes ``start``
+    wait for the transfer itself, the control for measuring how much of it the overlap hides."""
 
-    def __init__(self, group: dist.ProcessGroup | None = None, first_tag: int = 0):
+    def __init__(self, group: dist.ProcessGroup | None = None, first_tag: int = 0, blocking: bool = False):
         self.group = require_process_group(group)
         self.first_tag = first_tag
         self.rank = dist.get_rank(self.group)
         self.world_size = dist.get_world_size(self.group)
         self.next = dist.get_global_rank(self.group, (self.rank + 1) % self.world_size)
         self.prev = dist.get_global_rank(self.group, (self.rank - 1) % self.world_size)
+        self.blocking = blocking
         self.bytes_sent = 0
+        self.timings: list[ExchangeTiming] = []
         self._requests: list = []
+        self._posted: tuple[int, float] | None = None
 
     def start(self, tensors: list[Tensor]) -> list[Tensor]:
         """Post: send ``tensors`` to the next rank, receive same-shaped ones from the previous rank.
@@ -48,11 +66,23 @@ class RingComm:
         received = [torch.empty_like(t) for t in tensors]
         ops = [dist.P2POp(dist.isend, t, self.next, self.group, tag) for tag, t in enumerate(tensors, self.first_tag)]
         ops += [dist.P2POp(dist.irecv, r, self.prev, self.group, tag) for tag, r in enumerate(received, self.first_tag)]
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
         self._requests = dist.batch_isend_irecv(ops)
-        self.bytes_sent += sum(t.numel() * t.element_size() for t in tensors)
+        self.bytes_sent += nbytes
+        self._posted = (nbytes, time.perf_counter())
+        if self.blocking:
+            self._finish()
         return received
 
     def wait(self) -> None:
+        """Block until the exchange posted last has arrived (at once, if it was blocking)."""
+        if self._requests:
+            self._finish()
+
+    def _finish(self) -> None:
+        nbytes, posted = self._posted
+        began = time.perf_counter()
         for request in self._requests:
             request.wait()
-        self._requests = []
+        self.timings.append(ExchangeTiming(nbytes, began - posted, time.perf_counter() - began))
+        self._requests, self._posted = [], None

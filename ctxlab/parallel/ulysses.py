@@ -14,6 +14,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..attention import attention, check_qkv
+from ..config import positive_int
+from .ring import comm_bytes_formula as ring_comm_bytes
 from .ring_comms import require_process_group
 from .sharding import chunk_ids, num_chunks
 
@@ -95,6 +97,19 @@ def comm_bytes_formula(world_size: int, q_bytes: int, kv_bytes: int) -> dict[str
     share = lambda n: n * (world_size - 1) // world_size  # noqa: E731
     forward = share(q_bytes) + 2 * share(kv_bytes) + share(q_bytes)
     return {"forward": forward, "backward": forward, "total": 2 * forward}
+
+
+def hybrid_comm_bytes(ulysses_size: int, ring_size: int, q_bytes: int, kv_bytes: int,
+                      grad_bytes: int | None = None) -> dict[str, int]:
+    """Bytes one rank sends per layer when P = U x R ranks run Ulysses inside groups of U and the ring
+    across the R groups (the 2D design of USP, Fang and Zhao 2024). ``q_bytes``, ``kv_bytes``: one rank's
+    local q and k (T/P tokens of every head). After the all-to-all a rank holds T/R tokens of Hkv/U heads,
+    a K/V block of exactly ``kv_bytes``, which the ring passes R-1 hops; U = 1 is the ring, R = 1 Ulysses."""
+    positive_int("ulysses_size", ulysses_size), positive_int("ring_size", ring_size)
+    inner = comm_bytes_formula(ulysses_size, q_bytes, kv_bytes)
+    outer = ring_comm_bytes(ring_size, kv_bytes, grad_bytes)
+    return {"forward": inner["forward"] + outer["forward"], "backward": inner["backward"] + outer["backward"],
+            "total": inner["total"] + outer["forward"] + outer["backward"]}
 
 
 class UlyssesLayerAttention:
