@@ -4,7 +4,8 @@ import torch
 
 from ctxlab import ModelConfig
 from ctxlab.parallel import launch
-from ctxlab.parallel.ddp import ddp_compare_worker, ddp_train_worker, split_batch
+from ctxlab.bench.ddp import allreduce_worker, summarize_allreduce
+from ctxlab.parallel.ddp import all_reduce_bytes, ddp_compare_worker, ddp_train_worker, split_batch
 from ctxlab.train import train_single
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32)
@@ -45,3 +46,15 @@ def test_bad_inputs_before_any_process_starts():
         train_single({"d_model": 32}, x, y)
     with pytest.raises(ValueError, match="tokens and targets"):
         train_single(CFG, x, y[:, :4])
+
+
+def test_ring_all_reduce_sends_the_formulas_bytes_and_the_hooks_change_no_gradient():
+    """On 3 ranks, buffers that do not split evenly: the hand-written ring all-reduce equals dist.all_reduce
+    and sends 2(W-1) chunks; the control that reduces after backward averages the same gradients."""
+    results = launch(allreduce_worker, 3, CFG, 2, 16, (1, 1001, 4096), 2, 0.01, timeout=180)
+    ar = summarize_allreduce(results)
+    assert [v["bytes_sent"] for v in ar["sizes"].values()] == [2 * 2 * 4, 2 * 2 * 334 * 4, 2 * 2 * 1366 * 4]
+    assert all(v["bytes_sent"] == v["formula"] == all_reduce_bytes(n, 4, 3) for n, v in ar["sizes"].items())
+    assert all(v["max_diff"] <= 1e-5 for v in ar["sizes"].values())
+    assert all(r["grad_diff"] == 0.0 for r in results) and ar["grad_diff"] == 0.0
+    assert ar["buckets"] > 1 and set(ar["steps"]) == {"overlap", "control"}

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig, check_token_batch, positive_int
 from ..model import GPT
 from .launch import rank_device
+from .ring_comms import RingComm
 
 
 def flat_all_reduce(tensors: list[Tensor], group: dist.ProcessGroup | None = None, divide_by: int = 1,
@@ -31,6 +32,40 @@ def flat_all_reduce(tensors: list[Tensor], group: dist.ProcessGroup | None = Non
     return flat, dist.all_reduce(flat, group=group, async_op=async_op)
 
 
+def ring_all_reduce(x: Tensor, group: dist.ProcessGroup | None = None) -> int:
+    """Sum ``x`` over the ranks in place, as a ring all-reduce does it, and return the bytes this rank sent.
+
+    The buffer is cut into W chunks. In W-1 reduce-scatter steps each rank passes one chunk to the next
+    rank and adds the one it receives, so that rank r ends with the whole sum of chunk r+1; in W-1
+    all-gather steps the finished chunks go round. Each rank sends 2(W-1)/W of the buffer, whatever W:
+    the bandwidth-optimal count that ``dist.all_reduce`` also reaches on large buffers (Patarasuk and
+    Yuan 2009). Written by hand only so the bytes can be counted; the model uses ``dist.all_reduce``.
+    """
+    comm = RingComm(group)
+    world, rank = comm.world_size, comm.rank
+    if world == 1:
+        return 0
+    size = -(-x.numel() // world)  # chunk length; the buffer is padded to W equal chunks
+    flat = torch.zeros(world * size, dtype=x.dtype, device=x.device)
+    flat[:x.numel()] = x.reshape(-1)
+    chunks = flat.view(world, size)
+    for step in range(world - 1):  # reduce-scatter
+        received = comm.start([chunks[(rank - step) % world]])
+        comm.wait()
+        chunks[(rank - step - 1) % world] += received[0]
+    for step in range(world - 1):  # all-gather: pass the finished chunks on
+        received = comm.start([chunks[(rank + 1 - step) % world]])
+        comm.wait()
+        chunks[(rank - step) % world] = received[0]
+    x.copy_(flat[:x.numel()].view_as(x))
+    return comm.bytes_sent
+
+
+def all_reduce_bytes(numel: int, element_size: int, world_size: int) -> int:
+    """Bytes each rank sends in ``ring_all_reduce``: 2(W-1) chunks of ceil(n/W) elements."""
+    return 2 * (world_size - 1) * -(-numel // world_size) * element_size if world_size > 1 else 0
+
+
 def unflatten_into(flat: Tensor, tensors: list[Tensor]) -> None:
     """Copy the reduced buffer of ``flat_all_reduce`` back into the tensors it was made from."""
     for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
@@ -38,15 +73,22 @@ def unflatten_into(flat: Tensor, tensors: list[Tensor]) -> None:
 
 
 class DataParallel(nn.Module):
-    """Wraps a module; call ``finish_gradient_sync()`` after ``backward()`` and before ``optimizer.step()``."""
+    """Wraps a module; call ``finish_gradient_sync()`` after ``backward()`` and before ``optimizer.step()``.
 
-    def __init__(self, module: nn.Module, bucket_cap_mb: float = 1.0, group: dist.ProcessGroup | None = None):
+    ``overlap=False`` is the control: the hooks only count, and every bucket's all-reduce starts in
+    ``finish_gradient_sync``, after the backward pass, so none of it can hide behind the backward."""
+
+    def __init__(self, module: nn.Module, bucket_cap_mb: float = 1.0, group: dist.ProcessGroup | None = None,
+                 overlap: bool = True):
         super().__init__()
         if not dist.is_initialized():
             raise RuntimeError("DataParallel needs an initialised process group (use ctxlab.parallel.launch)")
         if not bucket_cap_mb > 0:
             raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb!r}")
+        if not isinstance(overlap, bool):
+            raise TypeError(f"overlap must be a bool, got {overlap!r}")
         self.module, self.group, self.world_size = module, group, dist.get_world_size(group)
+        self.overlap = overlap
         for t in list(module.parameters()) + list(module.buffers()):  # every replica starts from the first's weights
             dist.broadcast(t.data, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
         params = [p for p in module.parameters() if p.requires_grad][::-1]
@@ -71,13 +113,19 @@ class DataParallel(nn.Module):
     def _grad_ready(self, p: Tensor) -> None:
         b = self._bucket_of[p]
         self._ready[b] += 1
-        if self._ready[b] == len(self.buckets[b]):  # the whole bucket is ready: start its all-reduce now
-            flat, handle = flat_all_reduce([q.grad for q in self.buckets[b]], self.group, self.world_size, async_op=True)
-            self._in_flight.append((b, flat, handle))
-            self.launch_times.append(time.perf_counter())
+        if self._ready[b] == len(self.buckets[b]) and self.overlap:  # the bucket is ready: start its all-reduce
+            self._start(b)
+
+    def _start(self, b: int) -> None:
+        flat, handle = flat_all_reduce([q.grad for q in self.buckets[b]], self.group, self.world_size, async_op=True)
+        self._in_flight.append((b, flat, handle))
+        self.launch_times.append(time.perf_counter())
 
     def finish_gradient_sync(self) -> None:
         """Wait for every bucket's all-reduce and write the averaged gradients back."""
+        if not self.overlap and all(ready == len(bucket) for ready, bucket in zip(self._ready, self.buckets)):
+            for b in range(len(self.buckets)):
+                self._start(b)
         if len(self._in_flight) != len(self.buckets):
             raise RuntimeError(f"only {len(self._in_flight)} of {len(self.buckets)} gradient buckets were reduced: "
                                "call backward() once before finish_gradient_sync()")
