@@ -104,11 +104,16 @@ def _zero(v: dict) -> str:
                                     "host_traffic_bytes"])
 
 
+def _fused(v: dict) -> str:
+    return (f"{v['dtype']} {v['shape']}: largest error over the largest value: out {v['out']:.1e}, "
+            f"dQ {v['dq']:.1e}, dK {v['dk_late']:.1e}, dV {v['dv_late']:.1e}")
+
+
 FORMATS: dict[str, Callable] = {"matmul_peak": _matmul, "attention": _attention, "attention_speed": _speed,
                                 "max_context_reference": _max_context,
                                 "max_context_110m": _max_context, "throughput_110m": _throughput,
                                 "parallel": _parallel, "casestudy_latency": _latency,
-                                "decode_roofline": _decode, "zero_offload": _zero}
+                                "decode_roofline": _decode, "zero_offload": _zero, "ring_fused_block": _fused}
 
 
 def report(names: list[str], path: str | Path | None = None, allow_dry_run: bool = False) -> str:

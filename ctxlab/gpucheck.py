@@ -126,6 +126,38 @@ def zero_offload_check(dry_run: bool) -> dict:
     return zero_sweep(1, cfg, steps=3 if dry_run else 5, batch=2, seq_len=16 if dry_run else 512, runs=runs)
 
 
+def fused_block_check(device: str, dtype: torch.dtype, dry_run: bool) -> dict:
+    """Chapter 5's ring with ``kernel="fused"`` needs torch's flash kernel with its log-sum-exp: two key
+    ranges through it, merged, and each range's backward from the whole row's output and lse, against SDPA
+    in float32 on the same inputs. On CUDA this is the only test of that path (ctxlab.attention_lse)."""
+    from .attention import merge_partials, sdpa_attention
+    from .attention_lse import fused_backward, fused_forward
+
+    b, h, h_kv, t, d = (1, 2, 1, 64, 16) if dry_run else (1, 32, 8, 4096, 128)
+    gen = torch.Generator().manual_seed(0)
+    q, d_out = (torch.randn(b, h, t, d, generator=gen).to(device, dtype) for _ in range(2))
+    k, v = (torch.randn(b, h_kv, t, d, generator=gen).to(device, dtype) for _ in range(2))
+    ref = [x.float().requires_grad_() for x in (q, k, v)]
+    whole = sdpa_attention(*ref, causal=True)
+    whole.backward(d_out.float())
+    early, late = slice(0, t // 2), slice(t // 2, t)  # keys before the queries' half: all visible
+    qs = q[:, :, late]
+    out, lse = merge_partials(*fused_forward(qs, k[:, :, early], v[:, :, early], False),
+                              *fused_forward(qs, k[:, :, late], v[:, :, late], True))
+    grads = [fused_backward(qs, k[:, :, s], v[:, :, s], d_out[:, :, late], out, lse, s == late)
+             for s in (early, late)]
+    dq = sum(g[0].float() for g in grads)
+    dk, dv = (torch.cat([g[i].float() for g in grads], dim=2) for i in (1, 2))
+
+    def rel(mine: torch.Tensor, want: torch.Tensor) -> float:
+        return ((mine.float() - want).abs().max() / want.abs().max()).item()
+
+    return {"dtype": str(dtype).replace("torch.", ""), "shape": [b, h, h_kv, t, d],
+            "out": rel(out, whole.detach()[:, :, late]), "dq": rel(dq, ref[0].grad[:, :, late]),
+            "dk_late": rel(dk[:, :, t // 2:], ref[1].grad[:, :, late]),
+            "dv_late": rel(dv[:, :, t // 2:], ref[2].grad[:, :, late])}
+
+
 ALL_TECHNIQUES = dict(attention="sdpa", checkpoint_every=1, loss_chunk=4096, mlp_chunk=4096)
 
 
@@ -160,6 +192,7 @@ def sections(dry_run: bool, device: str) -> dict[str, Callable[[], object]]:
                                                      [512, 2048, 8192, 32768], 4 if dry_run else 32),
         "decode_roofline": lambda: decode_roofline_check(device, dtype, dry_run),
         "zero_offload": lambda: zero_offload_check(dry_run),
+        "ring_fused_block": lambda: fused_block_check(device, dtype, dry_run),
     }
 
 

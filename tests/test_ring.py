@@ -97,11 +97,13 @@ def _check_exact(rows, runs):
 
 
 def test_ring_attention_in_float64_equals_sdpa_to_float64_rounding():
-    """The ring accumulates in the inputs' own precision when it is wider than fp32."""
+    """The ring accumulates in the inputs' own precision when it is wider than fp32, with either block kernel."""
     runs = [(2, True, True, 16), (2, True, False, 16), (2, False, False, 16)]
     results = launch(jobs_worker, 2, {"exact": (runs, 1, 4, 2, 16, torch.float64),
-                                      "exact_blocking": (runs, 1, 4, 2, 16, torch.float64, "ring", True)})
-    for job in ("exact", "exact_blocking"):  # the blocking control computes the same thing, only later
+                                      "exact_blocking": (runs, 1, 4, 2, 16, torch.float64, "ring", True),
+                                      "exact_fused": (runs, 1, 4, 2, 16, torch.float64, "ring", False, "fused")})
+    # the blocking control computes the same thing, only later; torch's fused block kernel the same too
+    for job in ("exact", "exact_blocking", "exact_fused"):
         rows = [r for res in results for r in res[job]]
         assert len(rows) == 2 * len(runs)
         worst = max(r[key] for r in rows for key in ("err_out", "err_dq", "err_dk", "err_dv"))

@@ -42,10 +42,12 @@ def _inputs(seq_len: int, batch: int, heads: int, kv_heads: int, head_dim: int, 
 
 def exactness_worker(rank: int, world_size: int, runs: list[tuple[int, bool, bool, int]], batch: int = 1,
                      heads: int = 4, kv_heads: int = 2, head_dim: int = 16,
-                     dtype: torch.dtype = torch.float32, method: str = "ring", blocking: bool = False) -> list[dict]:
+                     dtype: torch.dtype = torch.float32, method: str = "ring", blocking: bool = False,
+                     kernel: str = "chunked") -> list[dict]:
     """For each run (P, causal, zigzag, T): this rank's max |ring - full| (or Ulysses', ``method``) of the
     output and of dQ, dK, dV, the ring's work per step and the bytes sent. The reference is torch's SDPA
-    over the whole sequence here. ``blocking`` runs the ring with every transfer waited for at once."""
+    over the whole sequence here. ``blocking`` runs the ring with every transfer waited for at once;
+    ``kernel`` is the ring's block kernel."""
     device = rank_device()
     rows = []
     for seed, (size, causal, zigzag, seq_len) in enumerate(runs):
@@ -58,7 +60,8 @@ def exactness_worker(rank: int, world_size: int, runs: list[tuple[int, bool, boo
             local = [shard(t, rank, size, zigzag, dim=2).requires_grad_() for t in (q, k, v)]
             stats = RingStats() if method == "ring" else {}
             if method == "ring":
-                out = ring_attention(*local, causal=causal, zigzag=zigzag, group=group, stats=stats, blocking=blocking)
+                out = ring_attention(*local, causal=causal, zigzag=zigzag, group=group, stats=stats, blocking=blocking,
+                                     kernel=kernel)
             else:
                 out = ulysses_attention(*local, causal=causal, zigzag=zigzag, group=group, stats=stats)
             out.backward(shard(dout, rank, size, zigzag, dim=2))
@@ -178,9 +181,9 @@ def budget_worker(rank: int, world_size: int, budget_bytes: int, sizes: list[int
 
 JOBS = {"exact": exactness_worker, "train": training_step_worker, "bad": bad_input_worker,
         "memory": memory_worker, "budget": budget_worker,
-        # the same checks with every transfer blocking (pass blocking=True last), and for Ulysses (pass
-        # method="ulysses"), in float32 and float64
-        "exact_blocking": exactness_worker, "ulysses_exact": exactness_worker, "ulysses_exact64": exactness_worker, "ulysses_train": training_step_worker}
+        # the same checks with every transfer blocking (pass blocking=True), with torch's fused block kernel
+        # (kernel="fused"), and for Ulysses (method="ulysses"), in float32 and float64
+        "exact_blocking": exactness_worker, "exact_fused": exactness_worker, "ulysses_exact": exactness_worker, "ulysses_exact64": exactness_worker, "ulysses_train": training_step_worker}
 
 
 def jobs_worker(rank: int, world_size: int, jobs: dict[str, tuple]) -> dict:

@@ -22,9 +22,13 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..attention import check_qkv, chunked_backward, chunked_forward
+from ..attention_lse import fused_backward, fused_forward, fused_supported
 from ..config import positive_int
 from .ring_comms import ExchangeTiming, RingComm, require_process_group
 from .sharding import check_rank, check_world_size
+
+
+KERNELS = ("chunked", "fused")  # a ring step's block kernel: chapter 2's, or torch's flash kernel
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ class RingAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, causal: bool, zigzag: bool, chunk: int, blocking: bool,
-                group: dist.ProcessGroup | None, stats: RingStats | None) -> Tensor:
+                kernel: str, group: dist.ProcessGroup | None, stats: RingStats | None) -> Tensor:
         comm = RingComm(group, blocking=blocking)
         world, rank, local_len = comm.world_size, comm.rank, q.shape[2]
         acc = accumulator_dtype(q.dtype)
@@ -146,8 +150,12 @@ class RingAttention(torch.autograd.Function):
             blk = plan_block(rank, step, world, local_len, causal, zigzag)
             if blk is not None:
                 rows, cols = slice(blk.q0, blk.q1), slice(blk.k0, blk.k1)
-                o, l = chunked_forward(qa[:, :, rows], k_cur[:, :, cols].to(acc), v_cur[:, :, cols].to(acc),
-                                       blk.masked, q_chunk=chunk, k_chunk=chunk)
+                if kernel == "fused":  # torch's flash kernel, in the inputs' dtype
+                    o, l = (t.to(acc) for t in fused_forward(q[:, :, rows], k_cur[:, :, cols], v_cur[:, :, cols],
+                                                             blk.masked))
+                else:
+                    o, l = chunked_forward(qa[:, :, rows], k_cur[:, :, cols].to(acc), v_cur[:, :, cols].to(acc),
+                                           blk.masked, q_chunk=chunk, k_chunk=chunk)
                 _merge_into(out[:, :, rows], lse[:, :, rows], o, l)
                 del o, l
             if stats is not None:
@@ -160,7 +168,7 @@ class RingAttention(torch.autograd.Function):
             stats.timings += comm.timings
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.zigzag, ctx.chunk, ctx.blocking = causal, zigzag, chunk, blocking
+        ctx.causal, ctx.zigzag, ctx.chunk, ctx.blocking, ctx.kernel = causal, zigzag, chunk, blocking, kernel
         ctx.group, ctx.stats = group, stats
         return out
 
@@ -182,6 +190,12 @@ class RingAttention(torch.autograd.Function):
             if blk is None:
                 return
             rows, cols = slice(blk.q0, blk.q1), slice(blk.k0, blk.k1)
+            if ctx.kernel == "fused":
+                grads_b = fused_backward(q[:, :, rows], k_blk[:, :, cols], v_blk[:, :, cols], dout[:, :, rows],
+                                         out[:, :, rows], lse[:, :, rows], blk.masked)
+                for total, part in zip((dq[:, :, rows], dk_acc[:, :, cols], dv_acc[:, :, cols]), grads_b):
+                    total += part
+                return
             chunked_backward(qa[:, :, rows], k_blk[:, :, cols].to(acc), v_blk[:, :, cols].to(acc),
                              da[:, :, rows], lse[:, :, rows], delta[:, :, rows], blk.masked,
                              q_chunk=ctx.chunk, k_chunk=ctx.chunk,
@@ -220,7 +234,7 @@ class RingAttention(torch.autograd.Function):
             ctx.stats.backward_bytes += comm.bytes_sent + grads.bytes_sent
             ctx.stats.timings += comm.timings + grads.timings
         dk, dv = accumulators
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None
 
 
 def _check_same_everywhere(q: Tensor, k: Tensor, causal: bool, zigzag: bool, group: dist.ProcessGroup) -> None:
@@ -237,7 +251,7 @@ def _check_same_everywhere(q: Tensor, k: Tensor, causal: bool, zigzag: bool, gro
 
 def ring_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, zigzag: bool = False,
                    group: dist.ProcessGroup | None = None, stats: RingStats | None = None,
-                   check: bool = True, chunk: int = 128, blocking: bool = False) -> Tensor:
+                   check: bool = True, chunk: int = 128, blocking: bool = False, kernel: str = "chunked") -> Tensor:
     """Attention of this rank's queries against the whole sequence, spread over ``group``.
 
     q (B, H, T/P, D) and k, v (B, Hkv, T/P, D) are this rank's shard, laid out by
@@ -245,7 +259,8 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, zigzag:
     all_gather), so a mismatch raises instead of hanging. ``chunk`` is the block kernel's tile (128: a smaller tile than one process's 256 trims the
     per-rank peak, which is the point of the ring, for a few per cent of time);
     ``blocking=True`` waits for every transfer as soon as it is posted (the control that shows how
-    much of the communication the overlap hides).
+    much of the communication the overlap hides). ``kernel="fused"`` runs torch's flash kernel on each
+    block instead of the chunked one (``ctxlab.attention_lse``: its log-sum-exp, where torch has it).
     """
     group = require_process_group(group)
     check_qkv(q, k, v)
@@ -254,8 +269,13 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, zigzag:
     if zigzag and q.shape[2] % 2:
         raise ValueError(f"zig-zag sharding needs an even local length (two chunks per rank), got {q.shape[2]}")
     positive_int("chunk", chunk)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "fused" and not fused_supported(q):
+        raise ValueError(f"kernel='fused' has no torch kernel for {q.dtype} on {q.device.type} (float32/64 and "
+                         "bfloat16 on CPU, float16/bfloat16 on CUDA): use kernel='chunked'")
     if not isinstance(blocking, bool):
         raise TypeError(f"blocking must be a bool, got {blocking!r}")
     if check:
         _check_same_everywhere(q, k, causal, zigzag, group)
-    return RingAttention.apply(q, k, v, bool(causal), bool(zigzag), chunk, blocking, group, stats)
+    return RingAttention.apply(q, k, v, bool(causal), bool(zigzag), chunk, blocking, kernel, group, stats)
