@@ -74,9 +74,14 @@ def warmup_length(step: int, seq_len: int, warmup_steps: int, start: int = 32) -
     return min(seq_len, start * 2**doublings)
 
 
+def spike_steps(losses: list[float], rise: float = 0.3) -> list[int]:
+    """The steps whose loss exceeds the previous step's by more than ``rise`` nats, or is not finite."""
+    return [i for i, (a, b) in enumerate(zip(losses, losses[1:]), 1) if not math.isfinite(b) or b - a > rise]
+
+
 def spikes(losses: list[float], rise: float = 0.3) -> int:
-    """Steps whose loss exceeds the previous step's by more than ``rise`` nats, or is not finite."""
-    return sum(1 for a, b in zip(losses, losses[1:]) if not math.isfinite(b) or b - a > rise)
+    """How many loss spikes (``spike_steps``) a run had."""
+    return len(spike_steps(losses, rise))
 
 
 def stability_run(lr: float, seed: int, seq_len: int = 256, steps: int = 120, tokens_per_step: int = 2048,
