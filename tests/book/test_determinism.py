@@ -5,8 +5,10 @@ under ``ATEN_CPU_CAPABILITY=avx2`` where the CPU has AVX2 (natively elsewhere), 
 ``default``, the path ``make nbval`` uses. So a printed digit that depends on the kernels fails
 here, on the developer's machine, before it reaches a reader's.
 
-One notebook of each kind: real multi-process runs over gloo (chapter 5), a stored command's results
-re-checked by live runs of a trained model (the serving part of chapter 8), widgets and the planner
+One notebook of each kind: real multi-process runs over gloo (chapter 4b, ZeRO on four ranks beside
+torch's; chapter 5's rings take twice as long and print only counts and stored figures), a stored
+command's results re-checked by live runs of a trained model (the serving part of chapter 8), widgets
+and the planner
 (chapter 9), and a page that reads the GPU results (the appendix). The other chapters, the timing
 sweeps of chapters 1 and 2 among them, are compared with their committed outputs by the nbval run of
 the whole book (which keeps the test run within its time budget on two cores: chapter 1's fresh
@@ -31,7 +33,7 @@ def fresh_kernel_path() -> dict[str, str]:
     return {"ATEN_CPU_CAPABILITY": "avx2"} if native.startswith("AVX") else {}
 
 
-@pytest.mark.parametrize("name", ["05_context_parallel.ipynb", "08b_serving.ipynb", "09_applications_faq.ipynb",
+@pytest.mark.parametrize("name", ["04b_model_states.ipynb", "08b_serving.ipynb", "09_applications_faq.ipynb",
                                   "10_gpu_appendix.ipynb"])
 def test_fresh_execution_then_nbval(tmp_path, name):
     book = tmp_path / "book"
