@@ -8,8 +8,7 @@ here, on the developer's machine, before it reaches a reader's.
 One notebook of each kind: real multi-process runs over gloo (chapter 4b, ZeRO on four ranks beside
 torch's; chapter 5's rings take twice as long and print only counts and stored figures), a stored
 command's results re-checked by live runs of a trained model (the serving part of chapter 8), widgets
-and the planner
-(chapter 9), and a page that reads the GPU results (the appendix). The other chapters, the timing
+and the planner (chapter 9), and a page that reads the GPU results (the appendix). The other chapters, the timing
 sweeps of chapters 1 and 2 among them, are compared with their committed outputs by the nbval run of
 the whole book (which keeps the test run within its time budget on two cores: chapter 1's fresh
 execution here alone took two minutes).
