@@ -18,7 +18,7 @@ from torch import Tensor
 from ..config import ModelConfig
 from ..measure import measure_peak, median_ms
 from ..model import GPT
-from .decode import fit_line
+from .decode import fit_line, per_round
 from ..parallel.ddp import DataParallel, all_reduce_bytes, ring_all_reduce
 from ..parallel.launch import rank_device
 
@@ -121,7 +121,7 @@ def summarize_allreduce(results: list[dict]) -> dict:
     world = len(results)
 
     def slowest(rows: list[list[float]], pick=max) -> float:
-        return statistics.median(pick(times) for times in zip(*rows))
+        return statistics.median(per_round(rows, pick))
 
     sizes = {}
     for n, first in results[0]["sizes"].items():

@@ -47,6 +47,12 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
+def per_round(times_by_rank: Sequence[Sequence[float]], pick=max) -> list[float]:
+    """One figure per interleaved round from every rank's times in it: ``max`` for when the slowest rank
+    finished (a step ends with it), ``min`` for a wait that other ranks' lateness also lengthens."""
+    return [pick(times) for times in zip(*times_by_rank)]
+
+
 def spread(values: Sequence[float]) -> tuple[float, float, float]:
     """(first quartile, median, third quartile)."""
     q1, q3 = quartiles(list(values))

@@ -20,7 +20,7 @@ from ..command import check_output, command_errors
 from ..parallel.launch import launch, run_from_env, under_torchrun
 from ..parallel.ring import comm_bytes_formula, hiding_length
 from ..parallel.ulysses import comm_bytes_formula as ulysses_bytes
-from .ring_versus import hidden_share, hiding_fit, overlap_worker, slowest_rank, versus_worker
+from .ring_versus import HEAD_DIM, HEADS, hidden_share, hiding_fit, overlap_worker, slowest_rank, versus_worker
 from .ring_workers import imbalance, jobs_worker
 
 MIB = 2**20
@@ -96,11 +96,12 @@ def report(results: list[dict], world_size: int, seq_len: int, mem_seq_len: int,
     lines.append(f"Ulysses on rings of {sorted({r['P'] for r in uly})} ranks vs full attention: max error {uly_err:.2e}")
     s = summary(results, world_size, versus_len)
     side, base = s["side_by_side"], s["side_by_side"]["chunked"][1]
-    lines.append(f"per rank, causal zig-zag, fp32, B=1, H=Hkv=4, head_dim=64, T={versus_len}, forward+backward "
+    lines.append(f"per rank, causal zig-zag, fp32, B=1, H=Hkv={HEADS}, head_dim={HEAD_DIM}, T={versus_len}, "
+                 "forward+backward "
                  "(median [quartiles] over interleaved rounds of the slowest rank):")
     lines.append(f"  one process, chunked: {base['peak'] / MIB:6.2f} MiB  {base['seconds'][1] * 1e3:7.1f} ms "
                  f"[{base['seconds'][0] * 1e3:.1f}, {base['seconds'][2] * 1e3:.1f}]")
-    kv_bytes = 4 * 4 * versus_len * 64  # one rank's fp32 K (or V or Q) at P=1; divide by P
+    kv_bytes = 4 * HEADS * versus_len * HEAD_DIM  # one rank's fp32 K (or V or Q) at P=1; divide by P
     for p in sorted(side["ring"]):
         ring_f = sum(comm_bytes_formula(p, kv_bytes // p).values())
         uly_f = ulysses_bytes(p, kv_bytes // p, kv_bytes // p)["total"]
@@ -124,7 +125,8 @@ def report(results: list[dict], world_size: int, seq_len: int, mem_seq_len: int,
                      + ", ".join(f"{n}: {v:.2f}" for n, v in s["overlap"]["forward_hidden_share"].items()))
         fit = s["overlap"]["fit"]
         if fit["bandwidth"] is not None:
-            predicted = hiding_length(fit["flop_rate"], fit["bandwidth"], 4, 4, 4, 64, 0.5, fit["latency_s"])
+            predicted = hiding_length(fit["flop_rate"], fit["bandwidth"], 4, HEADS, HEADS, HEAD_DIM, 0.5,
+                                      fit["latency_s"])
             lines.append(f"hiding condition, from the control's latency {fit['latency_s'] * 1e6:.0f} us and "
                          f"bandwidth {fit['bandwidth'] / 1e9:.2f} GB/s and the kernel's "
                          f"{fit['flop_rate'] / 1e9:.1f} GFLOP/s: the first hop hides for T/P >= {predicted:.0f}")

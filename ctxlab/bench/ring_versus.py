@@ -17,8 +17,10 @@ from ..parallel.launch import rank_device
 from ..parallel.ring import RingStats, ring_attention
 from ..parallel.sharding import shard
 from ..parallel.ulysses import ulysses_attention
-from .decode import fit_line, spread
+from .decode import fit_line, per_round, spread
 from .ring_workers import _inputs, ring_group
+
+HEADS, HEAD_DIM = 4, 64  # the side-by-side's attention: 4 heads (and K/V heads) of 64, fp32, batch 1
 
 
 def _step(method: str, q, k, v, dout, group, size: int, rank: int, stats=None, blocking: bool = False):
@@ -44,7 +46,7 @@ def _operands(method: str, seq_len: int, rank: int, size: int, heads: int, head_
 
 
 def versus_worker(rank: int, world_size: int, seq_len: int, sizes: list[int], rounds: int = 5,
-                  heads: int = 4, head_dim: int = 64) -> dict:
+                  heads: int = HEADS, head_dim: int = HEAD_DIM) -> dict:
     """Per ring size P: this rank's peak memory and forward + backward seconds per round for the ring and
     Ulysses (both with the chunked kernel), and on rank 0 the same for one process on the whole sequence.
     Causal, zig-zag, fp32, batch 1; the bytes each design sent in one call."""
@@ -78,13 +80,13 @@ def slowest_rank(results: list[dict], method: str, size: int) -> dict:
     """Per-rank figures of one design at one P, taken from its worst rank: the largest peak, and each
     round's time of the slowest rank (the step ends when that rank does); (q1, median, q3) of them."""
     rows = [r[method][size] for r in results if size in r[method]]
-    seconds = [max(times) for times in zip(*(row["seconds"] for row in rows))]
+    seconds = per_round([row["seconds"] for row in rows])
     return {"peak": max(row["peak"] for row in rows), "bytes_sent": max(row["bytes_sent"] for row in rows),
             "seconds": spread(seconds), "rounds": seconds}
 
 
 def overlap_worker(rank: int, world_size: int, local_lens: list[int], size: int = 2, rounds: int = 3,
-                   heads: int = 4, head_dim: int = 64) -> list[dict]:
+                   heads: int = HEADS, head_dim: int = HEAD_DIM) -> list[dict]:
     """On a ring of ``size`` ranks, per local length L = T/P: every exchange of one ring call's forward and
     backward, with the transfers overlapped (the ring as it runs) and blocking (the control), ``rounds``
     times in turns: seconds of work done while each was in flight, seconds waited, bytes."""
@@ -116,7 +118,7 @@ def exchange_medians(rows: list[dict], local_len: int, blocking: bool) -> list[d
             for i in sorted({r["exchange"] for r in mine})]
 
 
-def hiding_fit(rows: list[dict], heads: int = 4, head_dim: int = 64) -> dict:
+def hiding_fit(rows: list[dict], heads: int = HEADS, head_dim: int = HEAD_DIM) -> dict:
     """The forward's first hop (rank 0's diagonal block computes while it travels) as a model: the
     transfer's latency and bandwidth from the blocking control (a straight line through wait vs bytes),
     and the block kernel's FLOP rate at the longest L (2 L^2 d H FLOPs: half of a causal block's 4 L^2 d H)."""
