@@ -133,8 +133,10 @@ def test_rings_of_two_three_and_four_ranks():
         assert len({row["loss"] for row in steps if (row["P"], row["zigzag"]) == (p, zigzag)}) == 1
 
     for res in results:  # every rank sees the problem and says what it is: no hang
-        assert "same q/k/v shapes" in res["bad"]["mismatched_shapes"]
+        assert "same world size, q/k/v shapes" in res["bad"]["mismatched_shapes"]
         assert "even local length" in res["bad"]["odd_zigzag"]
+        assert "same world size, q/k/v shapes" in res["bad"]["ulysses_mismatched"]
+        assert "even" in res["bad"]["ulysses_odd_zigzag"]
 
 
 

@@ -118,12 +118,15 @@ def training_step_worker(rank: int, world_size: int, runs: list[tuple[int, bool]
 
 
 def bad_input_worker(rank: int, world_size: int) -> dict[str, str]:
-    """The messages ring attention gives, on every rank, for inputs that would otherwise hang or be wrong."""
+    """The messages ring and Ulysses attention give, on every rank, for inputs that would otherwise hang or be wrong."""
     device = rank_device()
     q = torch.randn(1, 2, 4 + 2 * rank, 8, device=device)  # a different length on every rank
+    odd = torch.randn(1, world_size, 3, 8, device=device)  # heads enough for Ulysses, an odd length
     messages = {}
     for name, call in (("mismatched_shapes", lambda: ring_attention(q, q, q)),
-                       ("odd_zigzag", lambda: ring_attention(q[:, :, :3], q[:, :, :3], q[:, :, :3], zigzag=True))):
+                       ("odd_zigzag", lambda: ring_attention(q[:, :, :3], q[:, :, :3], q[:, :, :3], zigzag=True)),
+                       ("ulysses_mismatched", lambda: ulysses_attention(q, q, q)),
+                       ("ulysses_odd_zigzag", lambda: ulysses_attention(odd, odd, odd, zigzag=True))):
         try:
             call()
             messages[name] = ""

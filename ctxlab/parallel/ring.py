@@ -25,7 +25,7 @@ from ..attention import check_qkv, chunked_backward, chunked_forward
 from ..attention_lse import fused_backward, fused_forward, fused_supported
 from ..config import positive_int
 from .ring_comms import ExchangeTiming, RingComm, require_process_group
-from .sharding import check_rank, check_world_size
+from .sharding import check_rank, check_same_everywhere, check_world_size
 
 
 KERNELS = ("chunked", "fused")  # a ring step's block kernel: chapter 2's, or torch's flash kernel
@@ -237,18 +237,6 @@ class RingAttention(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None
 
 
-def _check_same_everywhere(q: Tensor, k: Tensor, causal: bool, zigzag: bool, group: dist.ProcessGroup) -> None:
-    """One small all_gather so that a rank with other shapes or flags fails loudly on every rank instead of hanging."""
-    mine = torch.tensor([*q.shape, *k.shape, int(causal), int(zigzag), q.element_size()], dtype=torch.int64,
-                        device=q.device)  # NCCL gathers only GPU tensors
-    everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(everyone, mine, group=group)
-    if any(not torch.equal(other, everyone[0]) for other in everyone):
-        raise ValueError("ring attention needs the same q/k/v shapes, dtype, causal and zigzag on every rank; got "
-                         "(q shape, k shape, causal, zigzag, bytes per element) = "
-                         + ", ".join(f"rank {r}: {t.tolist()}" for r, t in enumerate(everyone)))
-
-
 def ring_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, zigzag: bool = False,
                    group: dist.ProcessGroup | None = None, stats: RingStats | None = None,
                    check: bool = True, chunk: int = 128, blocking: bool = False, kernel: str = "chunked") -> Tensor:
@@ -264,6 +252,8 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, zigzag:
     """
     group = require_process_group(group)
     check_qkv(q, k, v)
+    if check:  # first: a check that fails on one rank only would leave the others waiting
+        check_same_everywhere("ring attention", q, k, causal, zigzag, group)
     if q.shape[2] != k.shape[2]:
         raise ValueError(f"q and k must hold the same number of local positions, got {q.shape[2]} and {k.shape[2]}")
     if zigzag and q.shape[2] % 2:
@@ -276,6 +266,4 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, zigzag:
                          "bfloat16 on CPU, float16/bfloat16 on CUDA): use kernel='chunked'")
     if not isinstance(blocking, bool):
         raise TypeError(f"blocking must be a bool, got {blocking!r}")
-    if check:
-        _check_same_everywhere(q, k, causal, zigzag, group)
     return RingAttention.apply(q, k, v, bool(causal), bool(zigzag), chunk, blocking, kernel, group, stats)

@@ -9,6 +9,7 @@ token by its *global* position, which ``shard_positions`` supplies.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ..config import positive_int
@@ -22,6 +23,20 @@ def check_rank(rank: int, world_size: int) -> None:
     check_world_size(world_size)
     if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < world_size:
         raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+
+
+def check_same_everywhere(what: str, q: Tensor, k: Tensor, causal: bool, zigzag: bool,
+                          group: dist.ProcessGroup) -> None:
+    """One small all_gather before any other collective, so that a rank with other shapes, flags or world
+    size fails loudly on every rank (a ValueError naming each rank's view) instead of hanging."""
+    mine = torch.tensor([dist.get_world_size(group), *q.shape, *k.shape, int(causal), int(zigzag),
+                         q.element_size()], dtype=torch.int64, device=q.device)  # NCCL gathers only GPU tensors
+    everyone = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(everyone, mine, group=group)
+    if any(not torch.equal(other, everyone[0]) for other in everyone):
+        raise ValueError(f"{what} needs the same world size, q/k/v shapes, dtype, causal and zigzag on every rank;"
+                         " got (world size, q shape, k shape, causal, zigzag, bytes per element) = "
+                         + ", ".join(f"rank {r}: {t.tolist()}" for r, t in enumerate(everyone)))
 
 
 def num_chunks(world_size: int, zigzag: bool) -> int:

@@ -17,7 +17,7 @@ from ..attention import attention, check_qkv
 from ..config import positive_int
 from .ring import comm_bytes_formula as ring_comm_bytes
 from .ring_comms import require_process_group
-from .sharding import chunk_ids, num_chunks
+from .sharding import check_same_everywhere, chunk_ids, num_chunks
 
 
 def check_heads(n_heads: int, n_kv_heads: int, world_size: int) -> None:
@@ -73,14 +73,17 @@ def _natural_order(x: Tensor, world: int, zigzag: bool, inverse: bool = False) -
 
 def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, zigzag: bool = False,
                       group: dist.ProcessGroup | None = None, backend: str = "sdpa",
-                      stats: dict | None = None) -> Tensor:
+                      stats: dict | None = None, check: bool = True) -> Tensor:
     """Attention of this rank's tokens against the whole sequence, spread over ``group`` by heads.
 
     q (B, H, T/P, D) and k, v (B, Hkv, T/P, D) are this rank's shard, laid out by
     ``sharding.shard(..., zigzag=zigzag)``; the result has q's shape. ``stats["bytes_sent"]`` adds up
-    what this rank sends, forward and backward."""
+    what this rank sends, forward and backward. ``check`` verifies that every rank agrees (one tiny
+    all_gather first), so a mismatch raises on every rank instead of hanging in the all-to-all."""
     group = require_process_group(group)
     check_qkv(q, k, v)
+    if check:  # first: a check that fails on one rank only would leave the others waiting
+        check_same_everywhere("Ulysses attention", q, k, causal, zigzag, group)
     world = dist.get_world_size(group)
     check_heads(q.shape[1], k.shape[1], world)
     if q.shape[2] != k.shape[2] or (zigzag and q.shape[2] % 2):
