@@ -5,6 +5,7 @@ Qwen2), or one of the shipped ones by name (``hf_config.SHIPPED_MODELS``), into 
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -93,6 +94,7 @@ class ModelConfig:
     rope_high_freq_factor: float = 4.0  # ... and under L / high kept
     rope_beta_fast: float = 32.0  # YaRN: pairs turning more often than this over L are kept
     rope_beta_slow: float = 1.0  # ... and less often than this interpolated
+    rope_attention_factor: float | None = None  # replaces the scaling's own (transformers' attention_factor)
     checkpoint_every: int = 0  # 0: keep all activations; k: recompute every k-th block in backward
     checkpoint_attention: bool = False  # selective recomputation: the attention core only, in every block
     share_layers: bool = False  # one block's weights reused by every layer (ALBERT-style)
@@ -145,6 +147,10 @@ class ModelConfig:
                  self.position_encoding)
         _require(not (self.position_encoding == "alibi" and self.attention == "chunked"), "position_encoding",
                  "'rope' with attention='chunked' (the chunked kernel takes no additive bias)", self.position_encoding)
+        factor = self.rope_attention_factor
+        _require(factor is None or (isinstance(factor, (int, float)) and not isinstance(factor, bool)
+                                    and 0 < factor < math.inf), "rope_attention_factor",
+                 "None (the scaling's own) or a finite number > 0", factor)
         if self.rope_scaling == "none":
             _require(self.rope_scale == 1, "rope_scale", "1 when rope_scaling='none'", self.rope_scale)
             return

@@ -93,8 +93,10 @@ def _rope_fields(kind: str, rope: dict, max_len: int, hf: dict) -> dict:
         out.update(rope_low_freq_factor=float(_get(rope, "low_freq_factor")),
                    rope_high_freq_factor=float(_get(rope, "high_freq_factor")))
     if kind == "yarn":
-        _require(rope.get("attention_factor") is None and not rope.get("mscale") and rope.get("truncate", True),
-                 "rope_scaling", "YaRN without attention_factor, mscale or truncate overrides", rope)
+        _require(not rope.get("mscale") and not rope.get("mscale_all_dim") and rope.get("truncate", True),
+                 "rope_scaling", "YaRN without mscale or truncate overrides", rope)
+        if rope.get("attention_factor") is not None:
+            out["rope_attention_factor"] = float(rope["attention_factor"])
         out.update(rope_beta_fast=float(rope.get("beta_fast") or 32.0),
                    rope_beta_slow=float(rope.get("beta_slow") or 1.0))
     return out

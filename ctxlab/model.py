@@ -106,7 +106,8 @@ class Block(nn.Module):
 def rotary_embedding(cfg: ModelConfig) -> RotaryEmbedding:
     """RoPE's frequencies as the config scales them (a buffer: computed, never stored in a checkpoint)."""
     return RotaryEmbedding(cfg.head_dim, cfg.rope_base, scaling=cfg.rope_scaling, scale=cfg.rope_scale,
-                           original_len=cfg.rope_original_len, options=cfg.rope_options)
+                           original_len=cfg.rope_original_len, options=cfg.rope_options,
+                           attention_factor=cfg.rope_attention_factor)
 
 
 class GPT(nn.Module):

@@ -213,9 +213,10 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class RotaryEmbedding(nn.Module):
     """Holds the (scaled) inverse frequencies and hands out cos/sin for any positions.
 
-    ``options`` are the scaling's own parameters (YaRN's betas, llama3's frequency factors)."""
+    ``options`` are the scaling's own parameters (YaRN's betas, llama3's frequency factors);
+    ``attention_factor``, when given, replaces the scaling's own (YaRN's temperature on PI, say)."""
 
-    def __init__(self, head_dim: int, base: float = 10000.0, attention_factor: float = 1.0,
+    def __init__(self, head_dim: int, base: float = 10000.0, attention_factor: float | None = None,
                  scaling: str = "none", scale: float = 1.0, original_len: int | None = None,
                  options: dict | None = None):
         super().__init__()
@@ -226,7 +227,7 @@ class RotaryEmbedding(nn.Module):
                                        **({"seq_len": self.original_len} if scaling == "dynamic_ntk" else {}),
                                        **self.options)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.attention_factor = attention_factor * factor
+        self.attention_factor = factor if attention_factor is None else float(attention_factor)
         self.max_positions = max_positions(scaling, scale, self.original_len)
 
     def forward(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:

@@ -25,6 +25,7 @@ ROPES = [
     ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}, 100),
     ({"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 16, "beta_fast": 16.0,
       "beta_slow": 2.0}, 120),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "attention_factor": 1.3}, 100),
     ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
       "original_max_position_embeddings": 32}, 100),
 ]
@@ -55,6 +56,8 @@ def test_inverse_frequencies_and_attention_factor_equal_transformers(rope, _, he
         ours, factor = scaled_rope(cfg.rope_scaling, head_dim, base, cfg.rope_scale, cfg.rope_original_len or 1,
                                    **extra, **cfg.rope_options)
         torch.testing.assert_close(ours.float(), theirs.float(), rtol=1e-6, atol=0)
+        if cfg.rope_attention_factor is not None:  # the config's own replaces the scaling's
+            factor = GPT(cfg).rope.attention_factor
         assert factor == pytest.approx(their_factor, rel=1e-12)
 
 
