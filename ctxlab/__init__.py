@@ -18,11 +18,12 @@ from .kvcache_quant import QUANT_MODES, QuantizedKVCache
 from .kvcache_window import SinkWindowCache
 from .packing import document_mask, pack_documents, padding_vs_packing
 from .positions import rope_inv_freq
-from .tasks import FACTOR, TRAIN_LEN, dialogue_batch, markov_batches, passkey_batch
+from .tasks import (FACTOR, TRAIN_LEN, dialogue_batch, markov_batches, passkey_batch, render_retrieval,
+                    retrieval_batch, tracking_batch)
 # the model, its training and its cost models
 from .model import GPT
 from .train import load_model, save_model, train, train_single
-from .evaluate import answer_accuracy, passkey_accuracy
+from .evaluate import answer_accuracy, passkey_accuracy, retrieval_accuracy
 from .flops import (attention_flops_per_token, attention_intensity, count_flops, count_training_flops, matmul_params,
                     mlp_intensity, recompute_flops_per_token, roofline_rate, training_flops_per_token)
 from .attention_io import naive_attention_io, tile_intensity, tile_sizes, tiled_attention_io
@@ -51,7 +52,9 @@ __all__ = ["gpu_results", "book_folder", "IGNORE", "ModelConfig", "reference_con
            "fragmentation_report", "kv_cache_bytes_per_token", "QUANT_MODES", "QuantizedKVCache",
            "SinkWindowCache", "document_mask", "pack_documents",
            "padding_vs_packing", "rope_inv_freq", "FACTOR", "TRAIN_LEN", "dialogue_batch", "markov_batches", "passkey_batch",
+           "render_retrieval", "retrieval_batch", "tracking_batch",
            "GPT", "load_model", "save_model", "train", "train_single", "answer_accuracy", "passkey_accuracy",
+           "retrieval_accuracy",
            "attention_flops_per_token", "attention_intensity", "count_flops", "count_training_flops",
            "matmul_params", "mlp_intensity", "recompute_flops_per_token", "roofline_rate",
            "training_flops_per_token", "naive_attention_io",

@@ -2,7 +2,8 @@
 
 ``python -m ctxlab.extend train``  trains the small base model on the passkey task at ``TRAIN_LEN``
 (and an ALiBi twin); ``python -m ctxlab.extend extend`` fine-tunes it at ``FACTOR`` x that length
-with no scaling (the control), PI and YaRN. Checkpoints hold weights and config only (a few MB),
+with no scaling (the control), PI and YaRN; ``python -m ctxlab.extend retrieval`` runs the
+position-sensitive experiment over seeds (``extend_retrieval``); ``all`` runs the three. Checkpoints hold weights and config only (a few MB),
 are written atomically and load with ``weights_only=True``; a JSON beside them records the command,
 seeds and timings. ``evaluate.passkey_accuracy`` is the measurement.
 """
@@ -18,7 +19,9 @@ from pathlib import Path
 import torch
 
 from .command import check_output, command_errors
+from . import extend_retrieval as retrieval
 from .atomic import write_json
+from .bench.positions_retrieval import FINE_TUNED, SEEDS
 from .book_files import CHECKOUT_BOOK
 from .config import ModelConfig, with_positions
 from .tasks import FACTOR, TRAIN_LEN, VOCAB_SIZE, passkey_batches
@@ -83,10 +86,12 @@ def extend_base(out: Path, scaling: str, steps: int, seed: int, device: str = "c
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m ctxlab.extend", description=__doc__.splitlines()[0])
-    p.add_argument("stage", choices=["train", "extend", "all"])
+    p.add_argument("stage", choices=["train", "extend", "retrieval", "all"])
     p.add_argument("--out", type=Path, default=CHECKPOINT_DIR)
     p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default: {TRAIN_STEPS} train, {EXTEND_STEPS} extend)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds of the retrieval experiment (0, 1, ...)")
+    p.add_argument("--workers", type=int, default=2, help="processes for the retrieval experiment's runs")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--eval-samples", type=int, default=200, help="passkey samples for the check after each run")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -95,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     with command_errors(p):
         if args.steps is not None and args.steps < 1:
             p.error(f"--steps must be >= 1, got {args.steps}")
+        for name in ("seeds", "workers"):
+            if getattr(args, name) < 1:
+                p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
         if args.threads is not None:
             if args.threads < 1:
                 p.error(f"--threads must be >= 1, got {args.threads}")
@@ -110,9 +118,14 @@ def main(argv: list[str] | None = None) -> None:
             for scaling in FINETUNES:
                 _log(f"fine-tuning at {FACTOR * TRAIN_LEN} tokens with rope_scaling={scaling!r} ...")
                 extend_base(args.out, scaling, args.steps or EXTEND_STEPS, args.seed + 1, args.device, args.eval_samples)
+        if args.stage in ("retrieval", "all"):
+            _log(f"retrieval experiment: {args.seeds} seeds, {len(FINE_TUNED)} fine-tunes each ...")
+            retrieval.run(args.out / "retrieval", tuple(range(args.seeds)), args.steps or retrieval.TRAIN_STEPS,
+                          args.steps or retrieval.EXTEND_STEPS, args.workers, args.device, _log)
         runs = args.out / "runs.json"
         log = json.loads(runs.read_text()) if runs.exists() else []
         log.append({"command": command, "seed": args.seed, "seconds": round(time.perf_counter() - t0, 1),
+                    "workers": args.workers,
                     "torch": torch.__version__, "device": args.device})
         write_json(runs, log, indent=2)
         _log(f"done in {math.ceil(time.perf_counter() - t0)} s; command and seeds recorded in {runs}")

@@ -20,6 +20,7 @@ BAD = [
     (["ctxlab.bench", "zero", "--offload", "disk"], "offload"),
     (["ctxlab.extend", "train", "--steps", "0"], "--steps"),
     (["ctxlab.extend", "train", "--out", "/proc/nope"], "--out"),
+    (["ctxlab.extend", "retrieval", "--seeds", "0"], "--seeds"),
     (["ctxlab.casestudy", "--quick", "--out", "/proc/nope"], "--out"),
     (["ctxlab.gpucheck", "--dry-run", "--out", "/"], "--out"),
     (["ctxlab.planner", "--model", "llama-9"], "model"),

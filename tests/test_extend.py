@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ctxlab.bench import positions as bench
+from ctxlab.bench import positions_retrieval as retrieval
 from ctxlab.config import with_positions
 from ctxlab.tasks import TRAIN_LEN
 from ctxlab.evaluate import passkey_accuracy
@@ -16,7 +17,8 @@ from ctxlab.model import GPT
 def ckpt_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
     threads = torch.get_num_threads()
-    main(["all", "--steps", "2", "--out", str(out), "--seed", "3", "--eval-samples", "4", "--threads", "1"])
+    main(["all", "--steps", "2", "--out", str(out), "--seed", "3", "--eval-samples", "4", "--threads", "1",
+          "--seeds", "1", "--workers", "1"])
     torch.set_num_threads(threads)
     return out
 
@@ -76,3 +78,21 @@ def test_with_positions_sets_the_scale_from_the_length():
     assert cfg.rope_scale == 4.0 and cfg.rope_original_len == TRAIN_LEN and cfg.max_seq_len == 512
     assert with_positions(base_config(), 1024, "pi", scale=4.0, original_len=TRAIN_LEN).rope_scale == 8.0
     assert with_positions(base_config(), 256, "none", original_len=TRAIN_LEN).rope_scaling == "none"
+
+
+def test_the_retrieval_experiment_saves_and_measures_every_reading(ckpt_dir):
+    for method in (None, *retrieval.FINE_TUNED):
+        path = retrieval.checkpoint(0, method, ckpt_dir / "retrieval")
+        assert path.exists() and path.with_suffix(".json").exists()
+    meta = json.loads(retrieval.checkpoint(0, "abf", ckpt_dir / "retrieval").with_suffix(".json").read_text())
+    assert meta["rope_base"] == retrieval.ABF_BASE and meta["seq_len"] == 4 * TRAIN_LEN and meta["steps"] == 2
+    assert load_model(retrieval.checkpoint(0, "yarn", ckpt_dir / "retrieval")).cfg.rope_scale == 4.0
+    res = retrieval.run((0,), samples=2, text_samples=1, ckpt_dir=ckpt_dir / "retrieval", workers=1)
+    assert set(res["zero_shot"]) == set(retrieval.FINE_TUNED + retrieval.ABLATION)
+    assert set(res["fine_tuned"]) == set(retrieval.FINE_TUNED)
+    cell = res["fine_tuned"]["pi"]["0"]["8"]
+    assert len(cell["latest"]["by_depth"]) == 2 and len(cell["loss_count"]) == 8 * TRAIN_LEN // retrieval.BIN
+    assert sum(cell["loss_count"]) == 32  # four questions per T_train of text
+    line = retrieval.last_line(res)
+    assert line.startswith("multikey_4x none=") and line.endswith("seeds=1") and "yarn_finetuned=" in line
+    assert "latest accuracy" in retrieval.report(res)

@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     # 6 benchmarks and adapters to torch-native APIs
     "bench": 6,
     # 7 applications
-    "extend": 7, "casestudy": 7, "gpucheck": 7, "gpucheck_parallel": 7, "gpu_results": 7,
+    "extend": 7, "extend_retrieval": 7, "casestudy": 7, "gpucheck": 7, "gpucheck_parallel": 7, "gpu_results": 7,
     # 8 presentation
     "plots": 8, "widgets": 8,
 }

@@ -1,6 +1,7 @@
 """Passkey accuracy and loss by position at 1x, 2x, 4x, 8x the trained length, per position method.
 
-Reads the checkpoints of ``python -m ctxlab.extend all``. Zero-shot rows use the base model with the
+Reads the checkpoints of ``python -m ctxlab.extend all``; then measures the retrieval experiment over
+seeds (``positions_retrieval``: multi-key, latest value, loss by position, the temperature ablation). Zero-shot rows use the base model with the
 scale set to the length (s = T / T_train); fine-tuned rows use s = 4 up to 4x and s = 8 at 8x.
 The ``none_finetuned`` row is the control: fine-tuned at 4x without any scaling.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from ..config import positive_int, with_positions
 from ..tasks import FACTOR, TRAIN_LEN
 from ..evaluate import passkey_accuracy
 from ..train import load_model
+from . import positions_retrieval as retrieval
 
 CHECKPOINT_DIR = CHECKOUT_BOOK / "checkpoints" / "positions"  # what python -m ctxlab.extend writes
 
@@ -103,11 +106,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--loss-samples", type=int, default=200, help="random-depth samples for loss by position")
     p.add_argument("--ckpt", type=Path, default=CHECKPOINT_DIR)
     p.add_argument("--out", type=Path, default=None, help="write the measurements as JSON")
+    p.add_argument("--retrieval-samples", type=int, default=100, help="samples per task, length and reading")
+    p.add_argument("--text-samples", type=int, default=32, help="tracking texts per length for loss by position")
+    p.add_argument("--seeds", type=int, default=len(retrieval.SEEDS), help="seeds of the retrieval experiment")
+    p.add_argument("--workers", type=int, default=2, help="processes for the retrieval experiment")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     check_output(p, args.out)
+    for name in ("seeds", "workers", "retrieval_samples", "text_samples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     with command_errors(p):
         torch.manual_seed(0)
+        started = time.perf_counter()
         res = run(samples=args.samples, loss_samples=args.loss_samples, ckpt_dir=args.ckpt, device=args.device)
         print(f"\npasskey accuracy ({args.samples} samples per cell; T_train = {TRAIN_LEN})")
         print(f"{'method':>15} " + " ".join(f"{m}x".rjust(6) for m in MULTIPLES))
@@ -118,11 +129,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'method':>15} " + " ".join(f"{a}-{b}x".rjust(6) for a, b in SEGMENTS))
         for method, r in res["loss"].items():
             print(f"{method:>15} " + " ".join(f"{v:6.3f}" for v in segment_losses(r["key_pos"], r["loss"])))
-        if args.out is not None:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(res) + "\n")
-            print(f"\nwrote {args.out}")
         acc = {k: res["passkey"][k][str(FACTOR)]["accuracy"] for k in METHODS}
         print(f"passkey_4x none={acc['none']:.3f} pi_zero_shot={acc['pi_zero_shot']:.3f} "
               f"yarn_zero_shot={acc['yarn_zero_shot']:.3f} pi_finetuned={acc['pi_finetuned']:.3f} "
               f"yarn_finetuned={acc['yarn_finetuned']:.3f}")
+        t0 = time.perf_counter()
+        res["retrieval"] = retrieval.run(tuple(range(args.seeds)), args.retrieval_samples, args.text_samples,
+                                         args.ckpt / "retrieval", args.workers, args.device)
+        res["retrieval"]["seconds"] = round(time.perf_counter() - t0, 1)
+        print(retrieval.report(res["retrieval"]))
+        res["seconds"] = round(time.perf_counter() - started, 1)  # the whole command
+        res["command"] = "python -m ctxlab.bench positions " + " ".join(sys.argv[1:] if argv is None else argv)
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(res) + "\n")
+            print(f"\nwrote {args.out}")
+        print(retrieval.last_line(res["retrieval"], "latest"))
+        print(retrieval.last_line(res["retrieval"]))

@@ -31,9 +31,11 @@ VOCAB_SIZE = 96
 TRAIN_LEN, FACTOR = 128, 4  # chapter 6's passkey experiment: trained at 128 tokens, extended 4x
 
 
-def _words_text(rng: np.random.Generator, n_tokens: int, n_words: int, word_len: int) -> list[list[int]]:
-    """A list of words (each ``word_len`` filler tokens) covering at least ``n_tokens`` tokens."""
-    dictionary = rng.integers(FIRST_FILLER, VOCAB_SIZE, size=(n_words, word_len))
+def words_text(rng: np.random.Generator, n_tokens: int, n_words: int, word_len: int,
+               first: int = FIRST_FILLER) -> list[list[int]]:
+    """A list of words (each ``word_len`` tokens from ``first`` up to the vocabulary's end) covering at
+    least ``n_tokens`` tokens."""
+    dictionary = rng.integers(first, VOCAB_SIZE, size=(n_words, word_len))
     picks = rng.integers(0, n_words, size=-(-n_tokens // word_len))
     return [dictionary[i].tolist() for i in picks]
 
@@ -44,7 +46,7 @@ def language_batch(batch: int, seq_len: int, seed: int, n_words: int = 16, word_
                             ("word_len", word_len, 1)):
         at_least(name, value, lo)
     rng = np.random.default_rng(check_seed(seed))
-    rows = [sum(_words_text(rng, seq_len, n_words, word_len), [])[:seq_len] for _ in range(batch)]
+    rows = [sum(words_text(rng, seq_len, n_words, word_len), [])[:seq_len] for _ in range(batch)]
     tokens = torch.tensor(rows, dtype=torch.long)
     return tokens, next_token_targets(tokens)
 
@@ -91,7 +93,7 @@ def passkey_batch(batch: int, seq_len: int, seed: int, depth: float | list[float
         key = (digits + N_DIGITS * np.arange(key_len)).tolist()
         d = rng.random() if np.isnan(depths[i]) else depths[i]
         slot = int(round(d * last_slot))
-        words = sum(_words_text(rng, text_len, n_words, word_len), [])
+        words = sum(words_text(rng, text_len, n_words, word_len), [])
         before, after = words[: slot * word_len], words[slot * word_len:]
         row = before + [MARK] + key + after
         row = row[: seq_len - block] + [MARK] + key
