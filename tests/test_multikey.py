@@ -121,3 +121,11 @@ def test_attention_factor_override_is_checked():
     for bad in (0.0, -1.0, float("inf"), True):
         with pytest.raises(ValueError, match="rope_attention_factor"):
             cfg.replace(rope_attention_factor=bad)
+
+
+def test_depth_accuracy_averages_the_seeds():
+    cell = {"depths": [0.0, 1.0]}
+    results = {"zero_shot": {"pi": {"0": {"8": {"latest": {**cell, "by_depth": [0.2, 1.0]}}},
+                                    "1": {"8": {"latest": {**cell, "by_depth": [0.4, 0.8]}}}}}}
+    depths, acc = pr.depth_accuracy(results, "zero_shot", "pi", "latest", 8)
+    assert depths == [0.0, 1.0] and acc == pytest.approx([0.3, 0.9])

@@ -126,6 +126,12 @@ def seed_accuracies(results: dict, phase: str, method: str, task: str, multiple:
     return [row[str(multiple)][task]["accuracy"] for row in results[phase][method].values()]
 
 
+def depth_accuracy(results: dict, phase: str, method: str, task: str, multiple: int) -> tuple[list, list]:
+    """(depths, accuracy at each depth, mean over seeds) of the answer's needle: 0 = start of the text."""
+    rows = [r[str(multiple)][task] for r in results[phase][method].values()]
+    return rows[0]["depths"], [sum(col) / len(col) for col in zip(*(r["by_depth"] for r in rows))]
+
+
 def binned_loss(results: dict, phase: str, method: str, multiple: int, per: int = 1) -> list[float]:
     """Mean answer loss per ``per`` bins of position, pooled over seeds (nan where no answer fell)."""
     rows = results[phase][method].values()
