@@ -14,6 +14,12 @@ from .tasks import passkey_batch, retrieval_batch
 from .model import GPT
 
 
+def cycled_depths(start: int, count: int, n_depths: int) -> list[float]:
+    """Depths for samples start, start + 1, ...: ``n_depths`` even steps from 0 to 1, in turn, so that
+    each depth is equally tested."""
+    return [((start + i) % n_depths) / (n_depths - 1) for i in range(count)]
+
+
 @torch.no_grad()
 def passkey_accuracy(model: GPT, seq_len: int, n: int = 200, seed: int = 10_000, depth=None, n_depths: int = 5,
                      batch: int = 50) -> dict:
@@ -27,8 +33,7 @@ def passkey_accuracy(model: GPT, seq_len: int, n: int = 200, seed: int = 10_000,
     out = {"correct": [], "depth": [], "target_depth": [], "key_pos": [], "loss": []}
     for start in range(0, n, batch):
         m = min(batch, n - start)
-        d = [((start + i) % n_depths) / (n_depths - 1) for i in range(m)] if depth is None else \
-            (None if depth == "random" else depth)
+        d = cycled_depths(start, m, n_depths) if depth is None else (None if depth == "random" else depth)
         b = passkey_batch(m, seq_len, seed + start, depth=d)
         logits, _ = model(b.tokens.to(device))
         answer = logits[:, b.answer_pos.to(device)].float().cpu()
@@ -61,7 +66,7 @@ def retrieval_accuracy(model: GPT, task: str, seq_len: int, n: int = 100, seed: 
     device = next(model.parameters()).device
     out = {"correct": [], "in_text": [], "target_depth": []}
     for start in range(0, n, batch):
-        d = [((start + i) % n_depths) / (n_depths - 1) for i in range(min(batch, n - start))]
+        d = cycled_depths(start, min(batch, n - start), n_depths)
         b = retrieval_batch(task, len(d), seq_len, seed + start, depth=d, n_keys=n_keys)
         logits, _ = model(b.tokens.to(device))
         answer = logits[:, b.answer_pos.to(device)].argmax(-1).cpu()

@@ -3,9 +3,9 @@
 ``python -m ctxlab.extend train``  trains the small base model on the passkey task at ``TRAIN_LEN``
 (and an ALiBi twin); ``python -m ctxlab.extend extend`` fine-tunes it at ``FACTOR`` x that length
 with no scaling (the control), PI and YaRN; ``python -m ctxlab.extend retrieval`` runs the
-position-sensitive experiment over seeds (``extend_retrieval``); ``all`` runs the three. Checkpoints hold weights and config only (a few MB),
-are written atomically and load with ``weights_only=True``; a JSON beside them records the command,
-seeds and timings. ``evaluate.passkey_accuracy`` is the measurement.
+position-sensitive experiment over seeds (``extend_retrieval``); ``all`` runs the three.
+Checkpoints hold weights and config only (a few MB), are written atomically and load with
+``weights_only=True``; a JSON beside them records the command, seeds and timings. ``evaluate.passkey_accuracy`` is the measurement.
 """
 from __future__ import annotations
 
@@ -20,18 +20,17 @@ import torch
 
 from .command import check_output, command_errors
 from . import extend_retrieval as retrieval
+from .extend_retrieval import BASE, BATCH_TOKENS
 from .atomic import write_json
 from .bench.positions_retrieval import FINE_TUNED, SEEDS
 from .book_files import CHECKOUT_BOOK
 from .config import ModelConfig, with_positions
-from .tasks import FACTOR, TRAIN_LEN, VOCAB_SIZE, passkey_batches
+from .tasks import FACTOR, TRAIN_LEN, passkey_batches
 from .evaluate import passkey_accuracy
 from .model import GPT
 from .train import load_model, save_model, train
 
 CHECKPOINT_DIR = CHECKOUT_BOOK / "checkpoints" / "positions"
-BASE = dict(vocab_size=VOCAB_SIZE, d_model=64, n_layers=2, n_heads=4, max_seq_len=TRAIN_LEN)
-BATCH_TOKENS = 16 * TRAIN_LEN  # tokens per step, at every length
 FINETUNES = ("none", "pi", "yarn")
 # Retrieval is learned abruptly, at a step that varies with the seed (and with the thread count, which
 # changes rounding): at 1200 steps two of seeds 0-2 had not learned it yet; at 2400 all three had.

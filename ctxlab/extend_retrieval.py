@@ -22,6 +22,7 @@ from .model import GPT
 from .tasks import FACTOR, TRAIN_LEN, VOCAB_SIZE, chapter6_batches
 from .train import load_model, save_model, train
 
+# the small model of both of chapter 6's experiments (extend.py trains the passkey one with it)
 BASE = dict(vocab_size=VOCAB_SIZE, d_model=64, n_layers=2, n_heads=4, max_seq_len=TRAIN_LEN)
 BATCH_TOKENS = 16 * TRAIN_LEN  # tokens per step, at every length
 TRAIN_STEPS, EXTEND_STEPS = 2000, 150

@@ -1,8 +1,9 @@
 """Passkey accuracy and loss by position at 1x, 2x, 4x, 8x the trained length, per position method.
 
-Reads the checkpoints of ``python -m ctxlab.extend all``; then measures the retrieval experiment over
-seeds (``positions_retrieval``: multi-key, latest value, loss by position, the temperature ablation). Zero-shot rows use the base model with the
-scale set to the length (s = T / T_train); fine-tuned rows use s = 4 up to 4x and s = 8 at 8x.
+Reads the checkpoints of ``python -m ctxlab.extend all``; then measures the retrieval experiment
+over seeds (``positions_retrieval``: multi-key, latest value, loss by position, the temperature
+ablation). Zero-shot rows use the base model with the scale set to the length (s = T / T_train);
+fine-tuned rows use s = 4 up to 4x and s = 8 at 8x.
 The ``none_finetuned`` row is the control: fine-tuned at 4x without any scaling.
 """
 from __future__ import annotations

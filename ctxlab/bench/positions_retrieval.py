@@ -1,7 +1,8 @@
 """Multi-key and latest-value retrieval and loss by position, per RoPE scaling, over seeds (chapter 6).
 
-Reads the checkpoints of ``python -m ctxlab.extend retrieval`` (in ``retrieval/`` of its ``--out``): per seed a base model trained at
-``TRAIN_LEN`` and one fine-tune per method of ``FINE_TUNED`` at ``FACTOR`` x that length. Each
+Reads the checkpoints of ``python -m ctxlab.extend retrieval`` (in ``retrieval/`` of its ``--out``):
+per seed a base model trained at ``TRAIN_LEN`` and one fine-tune per method of ``FINE_TUNED`` at
+``FACTOR`` x that length. Each
 method reads a length T as below (``reading``); zero-shot, a static scaling takes s = T / T_train,
 fine-tuned it keeps the s = FACTOR it was tuned with up to FACTOR x and stretches past it.
 
@@ -134,9 +135,9 @@ def depth_accuracy(results: dict, phase: str, method: str, task: str, multiple: 
 
 def binned_loss(results: dict, phase: str, method: str, multiple: int, per: int = 1) -> list[float]:
     """Mean answer loss per ``per`` bins of position, pooled over seeds (nan where no answer fell)."""
-    rows = results[phase][method].values()
-    sums = [sum(r[str(multiple)]["loss_sum"][i] for r in rows) for i in range(len(next(iter(rows))[str(multiple)]["loss_sum"]))]
-    counts = [sum(r[str(multiple)]["loss_count"][i] for r in rows) for i in range(len(sums))]
+    cells = [r[str(multiple)] for r in results[phase][method].values()]
+    sums = [sum(col) for col in zip(*(c["loss_sum"] for c in cells))]
+    counts = [sum(col) for col in zip(*(c["loss_count"] for c in cells))]
     out = []
     for i in range(0, len(sums), per):
         n = sum(counts[i:i + per])
@@ -165,25 +166,36 @@ def readings(results: dict) -> list[tuple[str, str, str]]:
     return [r for r in zero + tuned if r[2] in results[r[1]]]
 
 
-def report(results: dict) -> str:
-    """Accuracy per task (mean ± sd over seeds) at each length, and the 8x loss by position."""
-    mult = results["multiples"]
-    lines = []
-    for task in RETRIEVAL_TASKS:
-        lines.append(f"\n{task} accuracy, mean ± sd over {len(results['seeds'])} seeds "
-                     f"({results['samples']} samples per cell)")
-        lines.append(f"{'reading':>26} " + " ".join(f"{m}x".rjust(11) for m in mult))
-        for label, phase, method in readings(results):
-            cells = [mean_and_spread(seed_accuracies(results, phase, method, task, m)) for m in mult]
-            lines.append(f"{label:>26} " + " ".join(f"{a:.3f}±{s:.3f}".rjust(11) for a, s in cells))
-    longest = max(mult)
-    per = TRAIN_LEN // results["bin"]
-    lines.append(f"\nanswer loss (nats) of the tracking texts by position at {longest}x, per T_train of position")
-    lines.append(f"{'reading':>26} " + " ".join(f"{i}-{i + 1}x".rjust(6) for i in range(longest)))
+def accuracy_table(results: dict, task: str) -> str:
+    """``task``'s accuracy per reading and length, mean ± sd over seeds."""
+    lines = [f"{task} accuracy, mean ± sd over {len(results['seeds'])} seeds ({results['samples']} texts each)",
+             f"{'reading':>29} " + " ".join(f"{m}x".rjust(11) for m in results["multiples"])]
     for label, phase, method in readings(results):
-        lines.append(f"{label:>26} " + " ".join(f"{v:6.3f}" for v in binned_loss(results, phase, method, longest,
-                                                                                   per)))
+        cells = [mean_and_spread(seed_accuracies(results, phase, method, task, m)) for m in results["multiples"]]
+        lines.append(f"{label:>29} " + " ".join(f"{a:.2f} ± {s:.2f}" for a, s in cells))
     return "\n".join(lines)
+
+
+def loss_table(results: dict) -> str:
+    """The tracking texts' mean answer loss per reading and length (loss against the length read)."""
+    lines = [f"mean answer loss over the text (nats), mean ± sd over {len(results['seeds'])} seeds",
+             f"{'reading':>29} " + " ".join(f"{m}x".rjust(11) for m in results["multiples"])]
+    for label, phase, method in readings(results):
+        cells = [mean_and_spread(seed_losses(results, phase, method, m)) for m in results["multiples"]]
+        lines.append(f"{label:>29} " + " ".join(f"{a:.3f}±{s:.3f}" for a, s in cells))
+    return "\n".join(lines)
+
+
+def report(results: dict) -> str:
+    """Both tasks' accuracy tables, the loss against length, and the loss by position at the longest length."""
+    longest = max(results["multiples"])
+    lines = [accuracy_table(results, task) for task in RETRIEVAL_TASKS] + [loss_table(results)]
+    lines.append(f"answer loss (nats) of the tracking texts by position at {longest}x, per T_train of position")
+    lines.append(f"{'reading':>29} " + " ".join(f"{i}-{i + 1}x".rjust(6) for i in range(longest)))
+    for label, phase, method in readings(results):
+        losses = binned_loss(results, phase, method, longest, TRAIN_LEN // results["bin"])
+        lines.append(f"{label:>29} " + " ".join(f"{v:6.3f}" for v in losses))
+    return "\n\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:])
 
 
 def last_line(results: dict, task: str = "multikey") -> str:
